@@ -1,0 +1,2 @@
+"""Linux mechanics of corral: images and root filesystems, cgroups, namespaces
+and the container init. Synchronous code only; the daemon drives it."""

@@ -1,0 +1,684 @@
+"""Container init helper: builds one container's namespaces and execs its command.
+
+Run by runtime/process.py as
+
+    python -I -S _init.py --spec-fd N --status-fd M
+
+with the spec as one JSON object in a memfd (fd N, read with pread from offset
+0) and the write end of the status pipe (fd M). The helper prints one JSON line
+per message to the status pipe: {"pid": P} once PID 1 of the container exists
+(P is its pid on the host), and {"error": "...", "exit_code": C} when setup or
+exec fails, after which the failing process exits with C.
+
+Facts this file relies on:
+- It runs stdlib-only and imports as little as possible: the daemon waits for
+  it on every container start. The spec is parsed with the C scanner of _json
+  (json itself pulls in re and enum, several ms), signals go through _signal.
+- unshare(CLONE_NEWPID) moves only the children of the caller into the new pid
+  namespace, so the helper forks; its child is PID 1 there. The helper writes
+  the child's host pid and exits, so PID 1 is reparented to the daemon, which
+  is a child subreaper.
+- The status pipe is O_CLOEXEC here and in PID 1: the daemon sees EOF once the
+  helper has exited and PID 1 has exec'd the command (or died).
+- The cgroup namespace takes the caller's cgroups as its root at unshare time,
+  so cgroups are joined first.
+- Every mount happens in the container's private mount namespace; nothing is
+  mounted on the host, and nothing is left behind if the daemon dies.
+"""
+
+import _json
+import _signal
+import _socket
+import ctypes
+import os
+import sys
+
+EXIT_SETUP = 125
+EXIT_CANNOT_EXEC = 126
+EXIT_NOT_FOUND = 127
+
+ENOENT = 2
+EPERM = 1
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_STRICTATIME = 0x1000000
+MNT_DETACH = 0x2
+MS_RO_NOSUID_NODEV_NOEXEC = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC = 0x1 | 0x2 | 0x4 | 0x8
+CLOSE_RANGE_CLOEXEC = 0x4
+
+# Syscalls numbered 424 and up share one number on every architecture.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_CLOSE_RANGE = 436
+SYS_MOUNT_SETATTR = 442
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+# Docker's default PATH: searched for the command when the env sets none
+# (the env itself stays as given).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEV_NODES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+DEV_LINKS = (
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+# The kernel copies at most one page of mount options.
+MOUNT_DATA_MAX = 4095
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+
+
+class SetupError(Exception):
+    def __init__(self, message, exit_code=EXIT_SETUP, errno=None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.errno = errno
+
+
+class _JsonContext:
+    """The attributes _json.make_scanner reads; what json.JSONDecoder sets."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = None
+
+
+def main(argv):
+    spec_fd, status_fd = parse_args(argv)
+    try:
+        spec = setup_helper(spec_fd, status_fd)
+        pid = os.fork()
+    except Exception as err:  # noqa: BLE001 - every failure must reach the status pipe
+        fail(status_fd, err)
+    if pid:
+        report(status_fd, f'{{"pid": {pid}}}')
+        os._exit(0)
+    try:
+        setup_container(spec)
+    except Exception as err:  # noqa: BLE001 - every failure must reach the status pipe
+        fail(status_fd, err)
+
+
+def setup_helper(spec_fd, status_fd):
+    """Read the spec, join the cgroups and unshare; the caller forks PID 1."""
+    # pass_fds made the status fd inheritable; it must close when PID 1 execs.
+    os.set_inheritable(status_fd, False)
+
+    spec = read_spec(spec_fd)
+
+    os.umask(0)
+
+    # The daemon's threads may block signals; the mask survives exec.
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+    for procs in spec["cgroup_procs"]:
+        join_cgroup(procs)
+
+    # After the joins: the cgroup namespace is rooted at the current cgroups.
+    unshare(namespace_flags(spec["network"]))
+    return spec
+
+
+def setup_container(spec):
+    """Run as PID 1 of the new pid namespace; ends in exec or raises."""
+    root = spec["rootfs_target"]
+
+    os.setsid()
+
+    # Nothing mounted below may propagate back to the host.
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+    mount_overlay(spec)
+
+    mount_proc(root)
+
+    mount_sys(root, spec["network"])
+
+    mount_cgroups(root + "/sys/fs/cgroup", spec["cgroup_mounts"])
+
+    mount_dev(root + "/dev")
+
+    # Host files are picked up now, while the host tree is reachable, and
+    # attached after pivot_root so that their container paths resolve inside
+    # the rootfs (an image symlink cannot point them at the host).
+    bind_sources = clone_bind_sources(spec["bind_files"])
+
+    set_hostname(spec["hostname"])
+
+    if spec["network"] == "none":
+        bring_up_loopback()
+
+    pivot_root(root)
+
+    attach_bind_files(bind_sources)
+
+    uid, gid, groups = resolve_user(spec["user"])
+
+    # Created as root, like Docker, but entered as the user so that a
+    # directory the user may not enter fails here rather than in the command.
+    make_dirs(spec["cwd"])
+
+    drop_privileges(uid, gid, groups)
+
+    change_dir(spec["cwd"])
+
+    exec_command(spec["args"], spec["env"])
+
+
+def parse_args(argv):
+    try:
+        options = dict(zip(argv[0::2], argv[1::2], strict=True))
+        return int(options["--spec-fd"]), int(options["--status-fd"])
+    except (ValueError, KeyError):
+        os.write(2, b"usage: _init.py --spec-fd N --status-fd M\n")
+        os._exit(EXIT_SETUP)
+
+
+def read_spec(spec_fd):
+    size = os.fstat(spec_fd).st_size
+    data = os.pread(spec_fd, size, 0)
+    os.close(spec_fd)
+    if len(data) != size:
+        raise SetupError(f"cannot read the init spec: got {len(data)} of {size} bytes")
+    spec, _ = _json.make_scanner(_JsonContext)(data.decode(), 0)
+    return spec
+
+
+def report(status_fd, line):
+    try:
+        os.write(status_fd, line.encode() + b"\n")
+    except OSError:
+        # The daemon is gone; the container carries on without it.
+        pass
+
+
+def fail(status_fd, err):
+    code = err.exit_code if isinstance(err, SetupError) else EXIT_SETUP
+    if isinstance(err, SetupError):
+        message = str(err)
+    else:
+        message = f"container init failed unexpectedly: {err!r}"
+    # Writes up to PIPE_BUF are atomic, so the pid and error lines never mix.
+    message = _json.encode_basestring_ascii(message[:2000])
+    report(status_fd, f'{{"error": {message}, "exit_code": {code}}}')
+    os._exit(code)
+
+
+def os_error(what, errno):
+    reason = os.strerror(errno)
+    return SetupError(f"cannot {what}: {reason[:1].lower()}{reason[1:]}", errno=errno)
+
+
+def check(result, what):
+    if result < 0:
+        raise os_error(what, ctypes.get_errno())
+    return result
+
+
+def syscall(number, *args):
+    return _libc.syscall(ctypes.c_long(number), *args)
+
+
+def encode(text):
+    return None if text is None else os.fsencode(text)
+
+
+def join_cgroup(procs):
+    try:
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise os_error(f"join cgroup {procs}", err.errno) from err
+    try:
+        os.write(fd, b"%d" % os.getpid())
+    except OSError as err:
+        raise os_error(f"join cgroup {procs}", err.errno) from err
+    finally:
+        os.close(fd)
+
+
+def namespace_flags(network):
+    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP
+    flags |= CLONE_NEWPID
+    if network == "none":
+        return flags | CLONE_NEWNET
+    if network == "host":
+        return flags
+    raise SetupError(f'unknown network mode "{network}"; use "none" or "host"')
+
+
+def unshare(flags):
+    check(_libc.unshare(flags), "unshare namespaces")
+
+
+def mount(source, target, fstype, flags, data=None):
+    if flags & MS_BIND:
+        what = f"bind-mount {source} on {target}"
+    elif flags & MS_REMOUNT:
+        what = f"remount {target}"
+    elif flags & MS_PRIVATE:
+        what = f"make {target} private"
+    else:
+        what = f"mount {fstype} on {target}"
+    result = _libc.mount(
+        encode(source), encode(target), encode(fstype), flags, encode(data)
+    )
+    check(result, what)
+
+
+def mount_overlay(spec):
+    lower = spec["rootfs_lower"]
+    upper = spec["rootfs_upper"]
+    work = spec["rootfs_work"]
+    target = spec["rootfs_target"]
+    options = overlay_options(lower, upper, work)
+    if len(options) > MOUNT_DATA_MAX:
+        # Long layer lists exceed the one page the kernel copies; overlayfs
+        # resolves relative paths against the caller's cwd.
+        base = os.path.commonpath([*lower, upper, work])
+        os.chdir(base)
+        options = overlay_options(
+            [os.path.relpath(path, base) for path in lower],
+            os.path.relpath(upper, base),
+            os.path.relpath(work, base),
+        )
+    if len(options) > MOUNT_DATA_MAX:
+        raise SetupError(
+            f"cannot mount the rootfs: {len(lower)} image layers make "
+            f"overlay options of {len(options)} bytes, more than the kernel's "
+            f"{MOUNT_DATA_MAX}; use an image with fewer layers"
+        )
+    mount("overlay", target, "overlay", 0, options)
+
+
+def overlay_options(lower, upper, work):
+    return f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+
+
+def make_mountpoint(path):
+    """Create a directory to mount on; refuse one that is a symlink."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise SetupError(
+                f"cannot mount on {path}: the image has a non-directory there"
+            ) from None
+    except OSError as err:
+        raise os_error(f"create mountpoint {path}", err.errno) from err
+
+
+def mount_proc(root):
+    make_mountpoint(root + "/proc")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount("proc", root + "/proc", "proc", flags)
+
+
+def mount_sys(root, network):
+    make_mountpoint(root + "/sys")
+    try:
+        mount("sysfs", root + "/sys", "sysfs", MS_RO_NOSUID_NODEV_NOEXEC)
+    except SetupError as err:
+        # sysfs refuses a mount from a process without CAP_SYS_ADMIN over the
+        # network namespace's owner (corrald inside a user namespace). With
+        # the host's network the host's /sys shows the same devices.
+        if network != "host" or err.errno != EPERM:
+            raise
+        bind_host_sys(root + "/sys")
+
+
+def bind_host_sys(target):
+    mount("/sys", target, None, MS_BIND | MS_REC)
+    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC, 0, 0, 0)
+    result = syscall(
+        SYS_MOUNT_SETATTR,
+        ctypes.c_int(AT_FDCWD),
+        encode(target),
+        ctypes.c_uint(AT_RECURSIVE),
+        attr,
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    check(result, f"make {target} read-only")
+
+
+def mount_cgroups(target, cgroup_mounts):
+    """Mount the container's cgroups read-only, as Docker lays them out.
+
+    cgroup_mounts holds (fstype, name) pairs: ("cgroup2", "") alone is a pure
+    v2 host; otherwise a tmpfs holds one directory per hierarchy, each
+    ("cgroup", options) at the options minus "name=" (a v1 hierarchy) and
+    ("cgroup2", dirname) at dirname (the unified tree on hybrid hosts).
+    """
+    if not cgroup_mounts:
+        return
+    if cgroup_mounts == [["cgroup2", ""]]:
+        mount("cgroup2", target, "cgroup2", MS_RO_NOSUID_NODEV_NOEXEC)
+        return
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount("tmpfs", target, "tmpfs", flags, "mode=755")
+    for fstype, name in cgroup_mounts:
+        mount_cgroup(target, fstype, name)
+    mount(None, target, None, MS_REMOUNT | MS_RO_NOSUID_NODEV_NOEXEC, "mode=755")
+
+
+def mount_cgroup(target, fstype, name):
+    if fstype == "cgroup2":
+        make_mountpoint(f"{target}/{name}")
+        mount("cgroup2", f"{target}/{name}", "cgroup2", MS_RO_NOSUID_NODEV_NOEXEC)
+        return
+    if fstype != "cgroup":
+        raise SetupError(f'cannot mount cgroups of unknown type "{fstype}"')
+    dirname = name.replace("name=", "")
+    make_mountpoint(f"{target}/{dirname}")
+    mount("cgroup", f"{target}/{dirname}", "cgroup", MS_RO_NOSUID_NODEV_NOEXEC, name)
+    if "," in dirname:
+        # cpu,cpuacct is also reachable as cpu and cpuacct, as on the host.
+        for alias in dirname.split(","):
+            symlink(dirname, f"{target}/{alias}")
+
+
+def mount_dev(dev):
+    make_mountpoint(dev)
+    flags = MS_NOSUID | MS_STRICTATIME
+    mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
+    for name, major, minor in DEV_NODES:
+        make_node(f"{dev}/{name}", major, minor)
+    make_mountpoint(dev + "/pts")
+    flags = MS_NOSUID | MS_NOEXEC
+    options = "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    mount("devpts", dev + "/pts", "devpts", flags, options)
+    for name, link in DEV_LINKS:
+        symlink(link, f"{dev}/{name}")
+    make_mountpoint(dev + "/shm")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount("tmpfs", dev + "/shm", "tmpfs", flags, "mode=1777,size=65536k")
+
+
+def make_node(path, major, minor):
+    try:
+        os.mknod(path, 0o20666, os.makedev(major, minor))
+    except OSError as err:
+        raise os_error(f"create device node {path}", err.errno) from err
+
+
+def symlink(link, path):
+    try:
+        os.symlink(link, path)
+    except OSError as err:
+        raise os_error(f"create symlink {path}", err.errno) from err
+
+
+def clone_bind_sources(bind_files):
+    """Detached bind mounts of the host files, by container path."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC
+    sources = {}
+    for path, host_path in bind_files.items():
+        result = syscall(
+            SYS_OPEN_TREE,
+            ctypes.c_int(AT_FDCWD),
+            encode(host_path),
+            ctypes.c_uint(flags),
+        )
+        sources[path] = check(result, f"bind-mount {host_path} on {path}")
+    return sources
+
+
+def attach_bind_files(sources):
+    for path, tree_fd in sources.items():
+        make_dirs(os.path.dirname(path))
+        make_file(path)
+        result = syscall(
+            SYS_MOVE_MOUNT,
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            encode(path),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        )
+        check(result, f"bind-mount a host file on {path}")
+        os.close(tree_fd)
+
+
+def make_file(path):
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    except OSError as err:
+        raise os_error(f"create {path} in the container", err.errno) from err
+
+
+def make_dirs(path):
+    try:
+        os.makedirs(path, 0o755, exist_ok=True)
+    except OSError as err:
+        raise os_error(f"create directory {path} in the container", err.errno) from err
+
+
+def set_hostname(hostname):
+    try:
+        _socket.sethostname(hostname)
+    except OSError as err:
+        raise os_error(f'set hostname "{hostname}"', err.errno) from err
+
+
+def bring_up_loopback():
+    import fcntl
+
+    name = b"lo".ljust(16, b"\0")
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, name + bytes(24))
+        flags = int.from_bytes(ifreq[16:18], sys.byteorder) | IFF_UP
+        ifreq = name + flags.to_bytes(2, sys.byteorder) + bytes(22)
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, ifreq)
+    except OSError as err:
+        raise os_error("bring up lo in the container's network", err.errno) from err
+    finally:
+        sock.close()
+
+
+def pivot_root(root):
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise SetupError(f"pivot_root: unsupported architecture {os.uname().machine}")
+
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+
+    os.chdir(root)
+
+    # pivot_root(".", ".") stacks the old root on top of the new one, so no
+    # directory for it is needed in the image.
+    check(syscall(number, b".", b"."), f"pivot_root into {root}")
+
+    os.fchdir(old_root)
+
+    check(_libc.umount2(b".", MNT_DETACH), "detach the host's root")
+
+    os.close(old_root)
+
+    os.chdir("/")
+
+
+def resolve_user(spec_user):
+    """(uid, gid, supplementary gids) for Docker's --user forms."""
+    user, _, group = spec_user.partition(":")
+    user = user or "0"
+    entry = find_entry("/etc/passwd", user)
+    if entry is not None:
+        uid, gid = parse_id(entry[2], user), parse_id(entry[3], user)
+    elif is_number(user):
+        uid, gid = parse_id(user, user), 0
+    else:
+        raise SetupError(
+            f"unable to find user {user}: no matching entries in passwd file"
+        )
+    if group:
+        return uid, group_id(group), []
+    if entry is None:
+        return uid, gid, []
+    return uid, gid, member_groups(entry[0])
+
+
+def group_id(group):
+    entry = find_entry("/etc/group", group)
+    if entry is not None:
+        return parse_id(entry[2], group)
+    if is_number(group):
+        return parse_id(group, group)
+    raise SetupError(f"unable to find group {group}: no matching entries in group file")
+
+
+def member_groups(user_name):
+    gids = []
+    for fields in read_entries("/etc/group"):
+        if len(fields) >= 4 and user_name in fields[3].split(","):
+            gids.append(parse_id(fields[2], fields[0]))
+    return gids
+
+
+def find_entry(path, name_or_id):
+    """The first passwd/group entry whose name or numeric id matches."""
+    for fields in read_entries(path):
+        if len(fields) >= 4 and name_or_id in (fields[0], fields[2]):
+            return fields
+    return None
+
+
+def read_entries(path):
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as file:
+            return [line.rstrip("\n").split(":") for line in file]
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise os_error(f"read {path} in the container", err.errno) from err
+
+
+def is_number(text):
+    return text.isascii() and text.isdigit()
+
+
+def parse_id(text, owner):
+    if not is_number(text) or int(text) > 0xFFFFFFFE:
+        raise SetupError(f'invalid id "{text}" for {owner}: not a number below 2^32-1')
+    return int(text)
+
+
+def drop_privileges(uid, gid, groups):
+    try:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        raise os_error(f"switch to user {uid}:{gid}", err.errno) from err
+
+
+def change_dir(cwd):
+    try:
+        os.chdir(cwd)
+    except OSError as err:
+        raise os_error(f"change to working directory {cwd}", err.errno) from err
+
+
+def exec_command(args, env):
+    environment = dict(entry.split("=", 1) for entry in env)
+    path = find_executable(args[0], environment.get("PATH", DEFAULT_PATH))
+
+    # Everything but 0, 1 and 2 closes at exec, the status pipe included.
+    check(
+        syscall(
+            SYS_CLOSE_RANGE, 3, ctypes.c_uint(~0 & 0xFFFFFFFF), CLOSE_RANGE_CLOEXEC
+        ),
+        "mark descriptors close-on-exec",
+    )
+
+    os.umask(0o022)
+
+    # Python ignores these at startup, and ignored signals survive exec.
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+
+    try:
+        os.execve(path, args, environment)
+    except OSError as err:
+        code = EXIT_NOT_FOUND if err.errno == ENOENT else EXIT_CANNOT_EXEC
+        raise exec_error(args[0], err.strerror, code) from err
+
+
+def find_executable(name, search_path):
+    """Resolve the command as Go's exec.LookPath does inside runc."""
+    if "/" in name:
+        problem = executable_problem(name)
+        if problem is None:
+            return name
+        raise exec_error(name, *problem)
+    for directory in search_path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if executable_problem(candidate) is None:
+            return candidate
+    raise exec_error(name, "executable file not found in $PATH", EXIT_NOT_FOUND)
+
+
+def executable_problem(path):
+    """None if path is an executable file, else (reason, exit code)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return f"stat {path}: {err.strerror.lower()}", EXIT_NOT_FOUND
+    if mode & 0o170000 == 0o040000:
+        return "is a directory", EXIT_CANNOT_EXEC
+    if not mode & 0o111:
+        return "permission denied", EXIT_CANNOT_EXEC
+    return None
+
+
+def exec_error(name, reason, code):
+    return SetupError(f'exec: "{name}": {reason[:1].lower()}{reason[1:]}', code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,595 @@
+"""The Docker-shaped REST API: routes, parameters, and response shapes.
+
+Paths work both unversioned and with a /v1.NN prefix. Handlers validate
+their parameters up front and turn engine results into Docker's JSON.
+"""
+
+import json
+import os
+import platform
+import re
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+import trio
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from metrics.collector import ContainerCollector
+from runtime import images as rt_images
+
+from . import API_VERSION, MIN_API_VERSION, __version__
+from .container import Container
+from .engine import Engine, check_wait_condition
+from .errors import ApiError, BadParameter, Conflict, NotFound
+from .http import Request, Response, StreamResponse, json_response
+from .logs import Follower, parse_time_ns, read_entries
+from .status import human_status
+
+log = structlog.get_logger()
+
+_VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_STDOUT, _STDERR = 1, 2
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadParameter(f"query parameter {name}={value!r} must be an integer") from None
+
+
+class Api:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.registry = CollectorRegistry()
+        self.registry.register(ContainerCollector(engine.metric_targets))
+        self._routes = [
+            ("GET", r"/_ping", self.ping),
+            ("HEAD", r"/_ping", self.ping),
+            ("GET", r"/version", self.version),
+            ("GET", r"/info", self.info),
+            ("GET", r"/events", self.events),
+            ("GET", r"/metrics", self.metrics),
+            ("POST", r"/containers/create", self.create),
+            ("GET", r"/containers/json", self.list_containers),
+            ("GET", r"/containers/(?P<ref>[^/]+)/json", self.inspect),
+            ("POST", r"/containers/(?P<ref>[^/]+)/start", self.start),
+            ("POST", r"/containers/(?P<ref>[^/]+)/stop", self.stop),
+            ("POST", r"/containers/(?P<ref>[^/]+)/restart", self.restart),
+            ("POST", r"/containers/(?P<ref>[^/]+)/kill", self.kill),
+            ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
+            ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
+            ("DELETE", r"/containers/(?P<ref>[^/]+)", self.remove),
+            ("GET", r"/images/json", self.list_images),
+            ("POST", r"/images/load", self.load_image),
+            ("POST", r"/images/create", self.pull_image),
+            ("GET", r"/images/(?P<ref>.+)/json", self.inspect_image),
+            ("DELETE", r"/images/(?P<ref>.+)", self.remove_image),
+        ]
+        self._compiled = [(m, re.compile(p + "$"), h) for m, p, h in self._routes]
+
+    async def __call__(self, request: Request) -> Response | StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await self._dispatch(request)
+        except ApiError as err:
+            response = json_response({"message": err.message}, err.status)
+        except Exception as err:
+            # The boundary of one request: a fault is logged and answered 500,
+            # and the daemon keeps serving everyone else.
+            log.exception("api_request_failed", path=request.path, error=str(err))
+            response = json_response({"message": f"internal error: {err}"}, 500)
+        log.debug("api_request", method=request.method, path=request.path,
+                  status=response.status,
+                  duration_s=round(time.perf_counter() - started, 4))
+        return response
+
+    async def _dispatch(self, request: Request):
+        path = request.path
+        versioned = _VERSION_PREFIX.match(path)
+        if versioned:
+            path = versioned.group(3)
+        allowed = False
+        for method, pattern, handler in self._compiled:
+            match = pattern.match(path)
+            if match:
+                if method == request.method:
+                    return await handler(request, **match.groupdict())
+                allowed = True
+        if allowed:
+            raise ApiError(f"method {request.method} is not allowed on {path}")
+        raise NotFound(f"page not found: {request.method} {request.path}")
+
+    # ---- system ----------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        return Response(200, b"OK", "text/plain; charset=utf-8",
+                        [("Cache-Control", "no-cache, no-store, must-revalidate")])
+
+    async def version(self, request: Request) -> Response:
+        uname = os.uname()
+        details = {
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "Os": "linux",
+            "Arch": _arch(),
+            "KernelVersion": uname.release,
+            "GoVersion": "python" + platform.python_version(),
+            "GitCommit": "",
+            "BuildTime": "",
+        }
+        return json_response({
+            "Platform": {"Name": "corral"},
+            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+            "Version": __version__,
+            **details,
+        })
+
+    async def info(self, request: Request) -> Response:
+        containers = list(self.engine.containers.values())
+        running = sum(1 for c in containers if c.running)
+        layout = self.engine.cgroups.layout.value
+        return json_response({
+            "ID": _daemon_id(self.engine.config.root),
+            "Containers": len(containers),
+            "ContainersRunning": running,
+            "ContainersPaused": 0,
+            "ContainersStopped": len(containers) - running,
+            "Images": len(self.engine.images.list()),
+            "Driver": "overlay",
+            "DriverStatus": [["Backing Filesystem", "overlayfs"]],
+            "MemoryLimit": True,
+            "SwapLimit": True,
+            "CpuCfsPeriod": True,
+            "CpuCfsQuota": True,
+            "PidsLimit": True,
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs",
+            "CgroupVersion": "2" if layout == "v2" else "1",
+            "CorralCgroupLayout": layout,
+            "KernelVersion": os.uname().release,
+            "OperatingSystem": _os_name(),
+            "OSType": "linux",
+            "Architecture": os.uname().machine,
+            "NCPU": self.engine.host_cpus,
+            "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "DockerRootDir": str(self.engine.config.root),
+            "Name": os.uname().nodename,
+            "ServerVersion": __version__,
+            "Runtimes": {"corral": {"path": "corral-init"}},
+            "DefaultRuntime": "corral",
+            "SecurityOptions": [],
+            "Warnings": [],
+            "Plugins": {"Volume": [], "Network": ["host", "none"], "Log": ["json-file"]},
+        })
+
+    async def events(self, request: Request) -> StreamResponse:
+        since = _time_param(request, "since")
+        until = _time_param(request, "until")
+        filters = _filters(request)
+        bus = self.engine.events
+        receive = bus.subscribe()
+        replay = [e for e in bus.history if since is not None and e["timeNano"] >= since]
+
+        async def chunks():
+            try:
+                for event in replay:
+                    if until is not None and event["timeNano"] > until:
+                        return
+                    if _event_matches(event, filters):
+                        yield json.dumps(event).encode() + b"\n"
+                if until is not None and until <= time.time_ns():
+                    return
+                with trio.move_on_at(_deadline(until)):
+                    async for event in receive:
+                        if since is not None and event["timeNano"] < since:
+                            continue
+                        if _event_matches(event, filters):
+                            yield json.dumps(event).encode() + b"\n"
+            finally:
+                bus.unsubscribe(receive)
+
+        return StreamResponse(chunks())
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    # ---- containers ------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        body = await request.json()
+        container = self.engine.create(body, request.query.get("name") or None)
+        return json_response({"Id": container.id, "Warnings": []}, 201)
+
+    async def list_containers(self, request: Request) -> Response:
+        show_all = _bool(request.query.get("all"))
+        filters = _filters(request)
+        limit = _int_param(request, "limit")
+        found = [
+            c for c in self.engine.containers.values()
+            if (show_all or c.running or "status" in filters)
+            and _container_matches(c, filters, self.engine)
+        ]
+        found.sort(key=lambda c: c.record["Created"], reverse=True)
+        if limit and limit > 0:
+            found = found[:limit]
+        return json_response([_summary(c) for c in found])
+
+    async def inspect(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        return json_response(container.record)
+
+    async def start(self, request: Request, ref: str) -> Response:
+        await self.engine.start(self.engine.find(ref))
+        return Response(204)
+
+    async def stop(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        await self.engine.stop(container, _int_param(request, "t"))
+        return Response(204)
+
+    async def restart(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        await self.engine.restart(container, _int_param(request, "t"))
+        return Response(204)
+
+    async def kill(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        await self.engine.kill(container, request.query.get("signal"))
+        return Response(204)
+
+    async def wait(self, request: Request, ref: str) -> StreamResponse:
+        container = self.engine.find(ref)
+        condition = request.query.get("condition") or "not-running"
+        check_wait_condition(condition)
+
+        # A streamed reply sends its headers at once, so the client knows the
+        # wait is in place before it starts the container.
+        async def chunks():
+            code = await self.engine.wait(container, condition)
+            error = container.state.get("Error") or None
+            doc = {"StatusCode": code, "Error": {"Message": error} if error else None}
+            yield json.dumps(doc).encode() + b"\n"
+
+        return StreamResponse(chunks())
+
+    async def remove(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        await self.engine.remove(container, _bool(request.query.get("force")))
+        return Response(204)
+
+    async def logs(self, request: Request, ref: str) -> StreamResponse:
+        container = self.engine.find(ref)
+        want = {
+            "stdout": _bool(request.query.get("stdout")),
+            "stderr": _bool(request.query.get("stderr")),
+        }
+        if not any(want.values()):
+            raise BadParameter(
+                "Bad parameters: you must choose at least one stream (stdout or stderr)"
+            )
+        tail = _tail_param(request)
+        since = _time_param(request, "since")
+        until = _time_param(request, "until")
+        follow = _bool(request.query.get("follow"))
+        stamps = _bool(request.query.get("timestamps"))
+        writer = container.log
+        entries = read_entries(writer.path, writer.max_files, tail)
+        # Opened with no await after the read, so no line can fall between them.
+        follower = Follower(writer) if follow else None
+
+        def frames(batch):
+            out = []
+            for entry in batch:
+                if not want[entry.stream]:
+                    continue
+                if since is not None and entry.time_ns < since:
+                    continue
+                if until is not None and entry.time_ns > until:
+                    continue
+                data = (entry.time.encode() + b" " if stamps else b"") + entry.data
+                kind = _STDOUT if entry.stream == "stdout" else _STDERR
+                out.append(bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data)
+            return b"".join(out)
+
+        async def chunks():
+            try:
+                yield frames(entries)
+                while follower is not None:
+                    batch = follower.read_new()
+                    if batch:
+                        yield frames(batch)
+                        continue
+                    if _finished(container):
+                        return
+                    await writer.lot.park()
+            finally:
+                if follower is not None:
+                    follower.close()
+
+        return StreamResponse(
+            chunks(), content_type="application/vnd.docker.multiplexed-stream"
+        )
+
+    # ---- images ----------------------------------------------------------------
+
+    async def list_images(self, request: Request) -> Response:
+        images = await trio.to_thread.run_sync(self.engine.images.list)
+        return json_response([_image_summary(i) for i in images])
+
+    async def inspect_image(self, request: Request, ref: str) -> Response:
+        image = self._image(ref)
+        return json_response(_image_inspect(image))
+
+    async def load_image(self, request: Request) -> Response:
+        quiet = _bool(request.query.get("quiet"))
+        tmp_dir = self.engine.config.root / "tmp"
+        tmp_dir.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="load-", suffix=".tar")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in request.iter_body():
+                    await trio.to_thread.run_sync(out.write, chunk)
+            try:
+                images = await trio.to_thread.run_sync(self.engine.images.load, path)
+            except rt_images.ImageError as err:
+                raise BadParameter(str(err)) from None
+        finally:
+            path.unlink(missing_ok=True)
+        lines = []
+        for image in images:
+            self.engine.events.publish("load", image.id, {"name": image.id}, "image")
+            tags = image.repo_tags or []
+            lines += [f"Loaded image: {t}\n" for t in tags] or [f"Loaded image ID: {image.id}\n"]
+        body = b"" if quiet else b"".join(
+            json.dumps({"stream": line}).encode() + b"\n" for line in lines
+        )
+        return Response(200, body)
+
+    async def pull_image(self, request: Request) -> Response:
+        ref = request.query.get("fromImage", "")
+        raise NotFound(
+            f"cannot pull {ref or 'images'}: corral does not pull from registries; "
+            "save the image to a tarball elsewhere and load it with `corral load -i FILE`"
+        )
+
+    async def remove_image(self, request: Request, ref: str) -> Response:
+        image = self._image(ref)
+        users = [c for c in self.engine.containers.values() if c.record["Image"] == image.id]
+        if users:
+            user = users[0]
+            state = "running" if user.running else "stopped"
+            raise Conflict(
+                f"conflict: unable to remove {ref}: image is being used by {state} "
+                f"container {user.id[:12]} ({user.name}); remove that container first "
+                "(corral rm -f)"
+            )
+        try:
+            result = await trio.to_thread.run_sync(self.engine.images.remove, ref)
+        except rt_images.ImageError as err:
+            raise BadParameter(str(err)) from None
+        for item in result:
+            action = "untag" if "Untagged" in item else "delete"
+            self.engine.events.publish(action, image.id, {"name": ref}, "image")
+        return json_response(result)
+
+    def _image(self, ref: str) -> rt_images.Image:
+        try:
+            return self.engine.images.get(ref)
+        except rt_images.ImageNotFound:
+            raise NotFound(f"No such image: {ref}") from None
+        except rt_images.ImageError as err:
+            raise BadParameter(str(err)) from None
+
+
+def _finished(container: Container) -> bool:
+    """True when no more output can come: stopped with no restart pending."""
+    return container.removing or container.removed.is_set() or not (
+        container.running or container.state["Restarting"]
+    )
+
+
+def _tail_param(request: Request) -> int | None:
+    value = request.query.get("tail", "all")
+    if value in ("", "all"):
+        return None
+    try:
+        tail = int(value)
+    except ValueError:
+        raise BadParameter(f"tail={value!r} must be a number or 'all'") from None
+    return None if tail < 0 else tail
+
+
+def _time_param(request: Request, name: str) -> int | None:
+    """Unix time in ns from Docker's "seconds[.nanoseconds]" parameters."""
+    value = request.query.get(name)
+    if value in (None, "", "0"):
+        return None
+    try:
+        seconds, _, frac = value.partition(".")
+        return int(seconds) * 1_000_000_000 + int(frac.ljust(9, "0")[:9] or 0)
+    except ValueError:
+        pass
+    try:
+        return parse_time_ns(value)
+    except ValueError:
+        raise BadParameter(
+            f"{name}={value!r} must be a Unix time stamp (seconds[.nanoseconds]) "
+            "or an RFC 3339 time"
+        ) from None
+
+
+def _deadline(until_ns: int | None) -> float:
+    if until_ns is None:
+        return float("inf")
+    return trio.current_time() + max(0.0, (until_ns - time.time_ns()) / 1e9)
+
+
+def _filters(request: Request) -> dict[str, list[str]]:
+    raw = request.query.get("filters")
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise BadParameter(f"filters={raw!r} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadParameter("filters must be a JSON object of lists")
+    # Older clients send {"name": {"x": true}} instead of {"name": ["x"]}.
+    return {k: list(v) if isinstance(v, (list, dict)) else [str(v)] for k, v in doc.items()}
+
+
+_CONTAINER_FILTERS = ("id", "name", "status", "label", "exited", "ancestor", "before", "since")
+
+
+def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:
+    unknown = set(filters) - set(_CONTAINER_FILTERS)
+    if unknown:
+        raise BadParameter(
+            f"invalid filter {sorted(unknown)[0]!r}: corral filters containers by "
+            + ", ".join(_CONTAINER_FILTERS)
+        )
+    checks = {
+        "id": lambda v: container.id.startswith(v),
+        "name": lambda v: re.search(v, container.name) is not None
+        or re.search(v, "/" + container.name) is not None,
+        "status": lambda v: container.state["Status"] == v,
+        "label": lambda v: _label_matches(container.record["Config"]["Labels"], v),
+        "exited": lambda v: not container.running
+        and container.state["StartedAt"] != "0001-01-01T00:00:00Z"
+        and str(container.state["ExitCode"]) == v,
+        "ancestor": lambda v: v in (container.record["Config"]["Image"],
+                                    container.record["Image"]),
+        "before": lambda v: container.record["Created"] < engine.find(v).record["Created"],
+        "since": lambda v: container.record["Created"] > engine.find(v).record["Created"],
+    }
+    try:
+        return all(any(checks[k](v) for v in values) for k, values in filters.items())
+    except re.error as err:
+        raise BadParameter(f"invalid name filter: {err}") from None
+
+
+def _label_matches(labels: dict, wanted: str) -> bool:
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+def _event_matches(event: dict, filters: dict) -> bool:
+    attrs = event["Actor"]["Attributes"]
+    checks = {
+        "type": lambda v: event["Type"] == v,
+        "event": lambda v: event["Action"] == v,
+        "container": lambda v: event["Type"] == "container"
+        and (event["id"].startswith(v) or attrs.get("name") == v),
+        "image": lambda v: attrs.get("image") == v or attrs.get("name") == v,
+        "label": lambda v: _label_matches(attrs, v),
+    }
+    for key, values in filters.items():
+        check = checks.get(key)
+        if check is None:
+            raise BadParameter(
+                f"invalid filter {key!r}: corral filters events by " + ", ".join(checks)
+            )
+        if not any(check(v) for v in values):
+            return False
+    return True
+
+
+def _summary(container: Container) -> dict:
+    record = container.record
+    command = " ".join(shlex.quote(a) for a in [record["Path"], *record["Args"]])
+    return {
+        "Id": container.id,
+        "Names": [record["Name"]],
+        "Image": record["Config"]["Image"],
+        "ImageID": record["Image"],
+        "Command": command,
+        "Created": int(parse_time_ns(record["Created"]) // 1_000_000_000),
+        "Ports": [],
+        "Labels": record["Config"]["Labels"],
+        "State": container.state["Status"],
+        "Status": human_status(container.state),
+        "HostConfig": {"NetworkMode": record["HostConfig"]["NetworkMode"]},
+        "NetworkSettings": {"Networks": record["NetworkSettings"]["Networks"]},
+        "Mounts": [],
+    }
+
+
+def _image_summary(image: rt_images.Image) -> dict:
+    return {
+        "Id": image.id,
+        "ParentId": "",
+        "RepoTags": image.repo_tags,
+        "RepoDigests": [],
+        "Created": _unix(image.created),
+        "Size": image.size,
+        "SharedSize": -1,
+        "VirtualSize": image.size,
+        "Labels": image.config.get("Labels") or {},
+        "Containers": -1,
+    }
+
+
+def _image_inspect(image: rt_images.Image) -> dict:
+    return {
+        "Id": image.id,
+        "RepoTags": image.repo_tags,
+        "RepoDigests": [],
+        "Parent": "",
+        "Comment": "",
+        "Created": image.created,
+        "Config": image.config,
+        "Architecture": image.architecture,
+        "Os": image.os,
+        "Size": image.size,
+        "VirtualSize": image.size,
+        "RootFS": {"Type": "layers", "Layers": image.diff_ids},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    }
+
+
+def _unix(rfc3339: str) -> int:
+    try:
+        return int(parse_time_ns(rfc3339) // 1_000_000_000)
+    except ValueError:
+        return 0
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _daemon_id(root: Path) -> str:
+    path = root / "daemon-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import uuid
+
+        value = str(uuid.uuid4())
+        path.write_text(value + "\n")
+        return value
+

@@ -1,0 +1,83 @@
+"""One container as the daemon holds it: its Docker-shaped record plus the
+live handles of its current run."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .logs import LogWriter
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def now_rfc3339() -> str:
+    from .logs import format_time_ns
+
+    return format_time_ns(time.time_ns())
+
+
+@dataclass
+class Run:
+    """Handles of one run of the container's PID 1."""
+
+    pid: int
+    pidfd: int
+    cgroup: object
+    exited: trio.Event = field(default_factory=trio.Event)
+    stop_requested: bool = False
+
+
+@dataclass
+class Container:
+    record: dict
+    directory: Path
+    log: LogWriter
+    run: Run | None = None
+    removing: bool = False
+    removed: trio.Event = field(default_factory=trio.Event)
+    # Set whenever a run ends; replaced when the next run starts.
+    exited: trio.Event = field(default_factory=trio.Event)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.record["Id"]
+
+    @property
+    def name(self) -> str:
+        return self.record["Name"].lstrip("/")
+
+    @property
+    def state(self) -> dict:
+        return self.record["State"]
+
+    @property
+    def running(self) -> bool:
+        return self.state["Running"]
+
+    def attributes(self, **extra) -> dict:
+        attrs = {
+            "name": self.name,
+            "image": self.record["Config"]["Image"],
+            **(self.record["Config"].get("Labels") or {}),
+        }
+        attrs.update({k: str(v) for k, v in extra.items()})
+        return attrs
+
+
+def new_state() -> dict:
+    return {
+        "Status": "created",
+        "Running": False,
+        "Paused": False,
+        "Restarting": False,
+        "OOMKilled": False,
+        "Dead": False,
+        "Pid": 0,
+        "ExitCode": 0,
+        "Error": "",
+        "StartedAt": ZERO_TIME,
+        "FinishedAt": ZERO_TIME,
+    }

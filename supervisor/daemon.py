@@ -1,0 +1,113 @@
+"""corrald: the daemon's entry point, locks, and orderly shutdown."""
+
+import fcntl
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import structlog
+import trio
+
+from . import __version__
+from .config import ConfigError, DaemonConfig, load_config
+from .logsetup import configure_logging
+
+log = structlog.get_logger()
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def acquire_lock(path: Path) -> int:
+    """Hold an exclusive lock on `path` for the life of the process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode().strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another corrald (pid {holder}) holds {path}; stop it first, or give "
+            "this one its own --root and --socket"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def serve(config: DaemonConfig) -> None:
+    from runtime import _sys
+    from runtime.cgroups import CgroupManager
+    from runtime.images import ImageStore
+
+    from . import http
+    from .api import Api
+    from .engine import Engine
+    from .events import EventBus
+    from .store import Store
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # Orphaned container processes must come back to the daemon, not to
+        # the host's init, so their exit status can be collected.
+        _sys.set_child_subreaper()
+        store = Store(config.root / "corral.db")
+        cgroups = CgroupManager(parent=config.cgroup_parent)
+        cgroups.setup()
+        engine = Engine(config, store, ImageStore(config.root / "images"), cgroups,
+                        EventBus())
+        listener = http.listen_unix(config.socket, config.socket_group)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            nursery.start_soon(http.serve, listener, Api(engine))
+            log.info("daemon_started", path=str(config.socket), version=__version__,
+                     cgroup_layout=cgroups.layout.value, pid=os.getpid())
+            async for signum in signals:
+                log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                break
+            listener.close()
+            await engine.shutdown()
+            nursery.cancel_scope.cancel()
+        store.close()
+        config.socket.unlink(missing_ok=True)
+        log.info("daemon_stopped")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", help="TOML config file [default: /etc/corral/corrald.toml]")
+@click.option("--socket", help="API socket path [default: /run/corral/corral.sock]")
+@click.option("--root", help="state directory [default: /var/lib/corral]")
+@click.option("--log-level", help="debug, info, warning or error [default: info]")
+@click.option("--cgroup-parent", help="parent cgroup for containers [default: corral]")
+@click.version_option(__version__, prog_name="corrald")
+def main(**flags) -> None:
+    """Run the corral daemon: containers, images and the Docker-shaped API."""
+    try:
+        config = load_config(flags)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    configure_logging(config.log_level)
+    if os.geteuid() != 0:
+        raise click.ClickException("corrald must run as root: it creates namespaces, "
+                                   "mounts and cgroups")
+    try:
+        config.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        locks = [acquire_lock(config.root / "corrald.lock"),
+                 acquire_lock(config.socket.with_name(config.socket.name + ".lock"))]
+    except AlreadyRunning as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        trio.run(serve, config)
+    except Exception as err:
+        log.exception("daemon_failed", error=str(err))
+        sys.exit(1)
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    main()
