@@ -25,7 +25,7 @@ from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
 from .errors import ApiError, BadParameter, Conflict, NotFound
-from .http import Request, Response, StreamResponse, json_response
+from .http import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .logs import Follower, parse_time_ns, read_entries
 from .status import human_status
 
@@ -70,6 +70,7 @@ class Api:
             ("POST", r"/containers/(?P<ref>[^/]+)/kill", self.kill),
             ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
             ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
+            ("POST", r"/containers/(?P<ref>[^/]+)/attach", self.attach),
             ("DELETE", r"/containers/(?P<ref>[^/]+)", self.remove),
             ("GET", r"/images/json", self.list_images),
             ("POST", r"/images/load", self.load_image),
@@ -133,6 +134,7 @@ class Api:
             "Platform": {"Name": "corral"},
             "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
             "Version": __version__,
+            "Experimental": False,
             **details,
         })
 
@@ -290,18 +292,7 @@ class Api:
         follower = Follower(writer) if follow else None
 
         def frames(batch):
-            out = []
-            for entry in batch:
-                if not want[entry.stream]:
-                    continue
-                if since is not None and entry.time_ns < since:
-                    continue
-                if until is not None and entry.time_ns > until:
-                    continue
-                data = (entry.time.encode() + b" " if stamps else b"") + entry.data
-                kind = _STDOUT if entry.stream == "stdout" else _STDERR
-                out.append(bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data)
-            return b"".join(out)
+            return _frames(batch, want, stamps, since, until)
 
         async def chunks():
             try:
@@ -321,6 +312,44 @@ class Api:
         return StreamResponse(
             chunks(), content_type="application/vnd.docker.multiplexed-stream"
         )
+
+    async def attach(self, request: Request, ref: str) -> UpgradeResponse:
+        """Live output of the container's next (or current) run."""
+        container = self.engine.find(ref)
+        if _bool(request.query.get("stdin")):
+            raise BadParameter(
+                "attaching stdin is not supported by this version of corral; "
+                "attach stdout and stderr only"
+            )
+        want = {
+            "stdout": _bool(request.query.get("stdout")),
+            "stderr": _bool(request.query.get("stderr")),
+        }
+        writer = container.log
+        past = read_entries(writer.path, writer.max_files, None)
+        follower = Follower(writer)
+        past = past if _bool(request.query.get("logs")) else []
+        stream = _bool(request.query.get("stream"))
+
+        async def chunks():
+            seen_running = container.running
+            try:
+                yield _frames(past, want, False, None, None)
+                while stream:
+                    batch = follower.read_new()
+                    if batch:
+                        yield _frames(batch, want, False, None, None)
+                        continue
+                    seen_running = seen_running or container.running
+                    if container.removed.is_set() or (
+                        seen_running and _finished(container)
+                    ):
+                        return
+                    await writer.lot.park()
+            finally:
+                follower.close()
+
+        return UpgradeResponse(chunks())
 
     # ---- images ----------------------------------------------------------------
 
@@ -392,6 +421,22 @@ class Api:
             raise NotFound(f"No such image: {ref}") from None
         except rt_images.ImageError as err:
             raise BadParameter(str(err)) from None
+
+
+def _frames(batch, want: dict, stamps: bool, since, until) -> bytes:
+    """Entries as Docker's multiplexed stream: an 8-byte header per frame."""
+    out = []
+    for entry in batch:
+        if not want[entry.stream]:
+            continue
+        if since is not None and entry.time_ns < since:
+            continue
+        if until is not None and entry.time_ns > until:
+            continue
+        data = (entry.time.encode() + b" " if stamps else b"") + entry.data
+        kind = _STDOUT if entry.stream == "stdout" else _STDERR
+        out.append(bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data)
+    return b"".join(out)
 
 
 def _finished(container: Container) -> bool:

@@ -289,6 +289,7 @@ class Engine:
         self._save(container)
         self.events.publish("start", container.id, container.attributes())
         log.info("container_started", container=container.id, pid=run.pid)
+        container.log.wake()
         self._nursery.start_soon(self._supervise, container, run, out_r, err_r, cgroup)
 
     def _prepare(self, container: Container):
@@ -371,6 +372,11 @@ class Engine:
         log.info("container_start_failed", container=container.id, error=result.error,
                  exit_code=exit_code)
         message = f"failed to start container {container.name}: {result.error}"
+        if container.record["HostConfig"]["AutoRemove"]:
+            container.removing = True
+            self._forget(container)
+            self._nursery.start_soon(trio.to_thread.run_sync, _remove_tree,
+                                     container.directory)
         if exit_code in (126, 127):
             raise BadParameter(message)
         raise ServerError(message)

@@ -86,11 +86,22 @@ class StreamResponse:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class UpgradeResponse:
+    """A raw byte stream after "101 UPGRADED", as Docker's attach hijacks
+    the connection; a client that did not ask to upgrade gets a plain
+    streamed 200 instead."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: str = "application/vnd.docker.multiplexed-stream"
+    status: int = 101
+
+
 def json_response(doc, status: int = 200) -> Response:
     return Response(status, json.dumps(doc).encode() + b"\n")
 
 
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response | StreamResponse | UpgradeResponse]]
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream):
@@ -144,6 +155,10 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
         pass
     except h11.RemoteProtocolError as err:
         log.debug("http_protocol_error", error=str(err))
+    except Exception as err:
+        # The boundary of one client connection: a fault here is logged and
+        # ends this connection only, never the daemon.
+        log.exception("api_connection_failed", error=str(err))
 
 
 async def _serve_requests(conn, stream, handler) -> None:
@@ -156,6 +171,9 @@ async def _serve_requests(conn, stream, handler) -> None:
         if not request._body_done:
             async for _ in request.iter_body():
                 pass
+        if isinstance(response, UpgradeResponse):
+            await _send_upgrade(conn, stream, request, response)
+            return
         if isinstance(response, StreamResponse):
             await _send_stream(conn, stream, response)
             return
@@ -210,6 +228,23 @@ async def _send_stream(conn, stream, response: StreamResponse) -> None:
                 await stream.send_all(conn.send(h11.Data(data=chunk)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
         nursery.cancel_scope.cancel()
+
+
+async def _send_upgrade(conn, stream, request: Request, response: UpgradeResponse):
+    if "upgrade" not in request.headers.get("connection", "").lower():
+        await _send_stream(conn, stream, StreamResponse(response.chunks, 200,
+                                                        response.content_type))
+        return
+    headers = _base_headers(response.content_type, [])
+    headers += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+    await stream.send_all(conn.send(h11.InformationalResponse(
+        status_code=101, headers=headers, reason=b"UPGRADED")))
+    # A hijacking client half-closes its side when it has no stdin to send,
+    # so end-of-input means nothing here; a client that leaves for good is
+    # noticed when a send fails.
+    async for chunk in response.chunks:
+        if chunk:
+            await stream.send_all(chunk)
 
 
 async def _cancel_when_client_leaves(stream, scope: trio.CancelScope) -> None:
