@@ -548,11 +548,16 @@ class ContainerCgroup:
 
         ("cgroup2", "") on v2; on v1 and hybrid one ("cgroup", options) per
         v1 hierarchy, where options such as "cpu,cpuacct" are both the mount
-        options and the directory name below /sys/fs/cgroup.
+        options and the directory name below /sys/fs/cgroup. On hybrid the
+        unified tree follows as ("cgroup2", "unified"), so the container can
+        read its own PSI files and cgroup.events, as the host shows them.
         """
         if self.layout is Layout.V2:
             return [("cgroup2", "")]
-        return [("cgroup", options) for options in self.dirs.v1]
+        mounts = [("cgroup", options) for options in self.dirs.v1]
+        if self.layout is Layout.HYBRID and self.dirs.unified is not None:
+            mounts.append(("cgroup2", "unified"))
+        return mounts
 
     def pids(self) -> list[int]:
         """Processes in the container's cgroups, in pid order."""

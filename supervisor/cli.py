@@ -186,10 +186,14 @@ def run(ctx, detach, **options):
         _start_or_fail(client, container_id, options["auto_remove"])
         click.echo(container_id)
         return
+    # Attach and wait are in place before the start, so no output and no
+    # exit can slip past, however short the run.
+    output = client.open("POST", f"/containers/{container_id}/attach",
+                         {"stream": 1, "stdout": 1, "stderr": 1})
     condition = "removed" if options["auto_remove"] else "next-exit"
     waiter = _Waiter(client, container_id, condition)
     _start_or_fail(client, container_id, options["auto_remove"])
-    _stream_logs(client, container_id, {"follow": 1})
+    _copy_frames(output)
     sys.exit(waiter.result())
 
 
@@ -443,7 +447,10 @@ def logs(ctx, follow, tail, timestamps, since, container):
 
 def _stream_logs(client: Client, container: str, query: dict) -> None:
     query = {"stdout": 1, "stderr": 1, **query}
-    response = client.open("GET", f"/containers/{container}/logs", query)
+    _copy_frames(client.open("GET", f"/containers/{container}/logs", query))
+
+
+def _copy_frames(response) -> None:
     outputs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     try:
         for stream, data in read_frames(response):

@@ -142,7 +142,12 @@ def _chown_group(path: Path, group: str) -> None:
 async def serve(listener: trio.socket.SocketType, handler: Handler) -> None:
     async with trio.open_nursery() as nursery:
         while True:
-            sock, _ = await listener.accept()
+            try:
+                sock, _ = await listener.accept()
+            except trio.ClosedResourceError:
+                # The daemon closed the listener to shut down: accept no one
+                # new, and let open connections run until they are cancelled.
+                return
             nursery.start_soon(_serve_connection, trio.SocketStream(sock), handler)
 
 

@@ -364,7 +364,9 @@ def test_hybrid_container_joins_every_v1_hierarchy_and_the_unified_tree(hybrid):
     assert cgroup.procs_files() == expected + [
         hybrid.root / "unified/corral/web/cgroup.procs"
     ]
-    assert cgroup.mounts_in_container() == [("cgroup", n) for n in names]
+    assert cgroup.mounts_in_container() == [("cgroup", n) for n in names] + [
+        ("cgroup2", "unified")
+    ]
 
 
 def test_v1_container_mounts_the_combined_hierarchy_by_its_options(v1):
