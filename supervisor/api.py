@@ -217,6 +217,7 @@ class Api:
     async def list_containers(self, request: Request) -> Response:
         show_all = _bool(request.query.get("all"))
         filters = _filters(request)
+        _check_container_filters(filters)
         limit = _int_param(request, "limit")
         found = [
             c for c in self.engine.containers.values()
@@ -362,7 +363,9 @@ class Api:
         return json_response(_image_inspect(image))
 
     async def load_image(self, request: Request) -> Response:
-        quiet = _bool(request.query.get("quiet"))
+        # quiet=1 only turns off progress output, which corral has none of:
+        # the "Loaded image" lines are sent either way, as Docker does, and
+        # the docker CLI asks for quiet whenever its output is not a terminal.
         tmp_dir = self.engine.config.root / "tmp"
         tmp_dir.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="load-", suffix=".tar")
@@ -382,9 +385,7 @@ class Api:
             self.engine.events.publish("load", image.id, {"name": image.id}, "image")
             tags = image.repo_tags or []
             lines += [f"Loaded image: {t}\n" for t in tags] or [f"Loaded image ID: {image.id}\n"]
-        body = b"" if quiet else b"".join(
-            json.dumps({"stream": line}).encode() + b"\n" for line in lines
-        )
+        body = b"".join(json.dumps({"stream": line}).encode() + b"\n" for line in lines)
         return Response(200, body)
 
     async def pull_image(self, request: Request) -> Response:
@@ -397,7 +398,10 @@ class Api:
     async def remove_image(self, request: Request, ref: str) -> Response:
         image = self._image(ref)
         users = [c for c in self.engine.containers.values() if c.record["Image"] == image.id]
-        if users:
+        # Removing one of several tags only untags, so the image stays for its
+        # containers; Docker allows that too.
+        by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:"))
+        if users and (by_id or len(image.repo_tags or []) < 2):
             user = users[0]
             state = "running" if user.running else "stopped"
             raise Conflict(
@@ -499,13 +503,22 @@ def _filters(request: Request) -> dict[str, list[str]]:
 _CONTAINER_FILTERS = ("id", "name", "status", "label", "exited", "ancestor", "before", "since")
 
 
-def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:
+def _check_container_filters(filters: dict) -> None:
+    """Refuse bad filters up front, even when no container would be matched."""
     unknown = set(filters) - set(_CONTAINER_FILTERS)
     if unknown:
         raise BadParameter(
             f"invalid filter {sorted(unknown)[0]!r}: corral filters containers by "
             + ", ".join(_CONTAINER_FILTERS)
         )
+    for pattern in filters.get("name", []):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise BadParameter(f"invalid name filter {pattern!r}: {err}") from None
+
+
+def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:
     checks = {
         "id": lambda v: container.id.startswith(v),
         "name": lambda v: re.search(v, container.name) is not None
@@ -520,10 +533,7 @@ def _container_matches(container: Container, filters: dict, engine: Engine) -> b
         "before": lambda v: container.record["Created"] < engine.find(v).record["Created"],
         "since": lambda v: container.record["Created"] > engine.find(v).record["Created"],
     }
-    try:
-        return all(any(checks[k](v) for v in values) for k, values in filters.items())
-    except re.error as err:
-        raise BadParameter(f"invalid name filter: {err}") from None
+    return all(any(checks[k](v) for v in values) for k, values in filters.items())
 
 
 def _label_matches(labels: dict, wanted: str) -> bool:

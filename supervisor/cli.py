@@ -207,13 +207,23 @@ def _start_or_fail(client: Client, container_id: str, auto_remove: bool) -> None
             if state["ExitCode"] in (126, 127):
                 code = state["ExitCode"]
         except ClientError:
-            pass
+            # An --rm container is already gone: judge by the message, as
+            # the docker CLI does.
+            code = _exit_code_of_start_error(err.message)
         if auto_remove:
             try:
                 client.call("DELETE", f"/containers/{container_id}", {"force": 1})
             except ClientError:
                 pass
         _fail(err, code)
+
+
+def _exit_code_of_start_error(message: str) -> int:
+    if "no such file or directory" in message or "executable file not found" in message:
+        return 127
+    if "permission denied" in message or "is a directory" in message:
+        return 126
+    return EXIT_DAEMON_REFUSED
 
 
 class _Waiter:

@@ -16,6 +16,8 @@ from .logsetup import configure_logging
 
 log = structlog.get_logger()
 
+SHUTDOWN_GRACE_S = 1.0
+
 
 class AlreadyRunning(Exception):
     pass
@@ -60,9 +62,17 @@ async def serve(config: DaemonConfig) -> None:
         engine = Engine(config, store, ImageStore(config.root / "images"), cgroups,
                         EventBus())
         listener = http.listen_unix(config.socket, config.socket_group)
+        api_done = trio.Event()
+
+        async def serve_api():
+            try:
+                await http.serve(listener, Api(engine))
+            finally:
+                api_done.set()
+
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            nursery.start_soon(http.serve, listener, Api(engine))
+            nursery.start_soon(serve_api)
             log.info("daemon_started", path=str(config.socket), version=__version__,
                      cgroup_layout=cgroups.layout.value, pid=os.getpid())
             async for signum in signals:
@@ -70,6 +80,10 @@ async def serve(config: DaemonConfig) -> None:
                 break
             listener.close()
             await engine.shutdown()
+            # Replies the stops have just completed (wait, logs -f) get a
+            # moment to finish sending; idle keep-alive connections are cut.
+            with trio.move_on_after(SHUTDOWN_GRACE_S):
+                await api_done.wait()
             nursery.cancel_scope.cancel()
         store.close()
         config.socket.unlink(missing_ok=True)

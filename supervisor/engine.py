@@ -80,6 +80,10 @@ class Engine:
             container = self._adopt(record)
             if container.running or container.state["Restarting"]:
                 self._settle_after_daemon_exit(container)
+            # An --rm container whose run ended while no daemon watched is
+            # removed now, as it would have been then; its files go below.
+            if record["HostConfig"]["AutoRemove"] and container.state["Status"] == "exited":
+                self._forget(container)
         self._remove_leftovers()
 
     def _adopt(self, record: dict) -> Container:
