@@ -25,7 +25,7 @@ from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
 from .errors import ApiError, BadParameter, Conflict, NotFound
-from .http import Request, Response, StreamResponse, UpgradeResponse, json_response
+from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .logs import Follower, parse_time_ns, read_entries
 from .status import human_status
 
@@ -71,6 +71,9 @@ class Api:
             ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
             ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
             ("POST", r"/containers/(?P<ref>[^/]+)/attach", self.attach),
+            ("POST", r"/containers/(?P<ref>[^/]+)/exec", self.exec_create),
+            ("POST", r"/exec/(?P<exec_id>[^/]+)/start", self.exec_start),
+            ("GET", r"/exec/(?P<exec_id>[^/]+)/json", self.exec_inspect),
             ("DELETE", r"/containers/(?P<ref>[^/]+)", self.remove),
             ("GET", r"/images/json", self.list_images),
             ("POST", r"/images/load", self.load_image),
@@ -217,10 +220,11 @@ class Api:
     async def list_containers(self, request: Request) -> Response:
         show_all = _bool(request.query.get("all"))
         filters = _filters(request)
+        _check_container_filters(filters)
         limit = _int_param(request, "limit")
         found = [
             c for c in self.engine.containers.values()
-            if (show_all or c.running or "status" in filters)
+            if (show_all or c.running or c.state["Restarting"] or "status" in filters)
             and _container_matches(c, filters, self.engine)
         ]
         found.sort(key=lambda c: c.record["Created"], reverse=True)
@@ -351,6 +355,50 @@ class Api:
 
         return UpgradeResponse(chunks())
 
+    # ---- exec ------------------------------------------------------------------
+
+    async def exec_create(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        inst = self.engine.exec_create(container, await request.json())
+        return json_response({"Id": inst.id}, 201)
+
+    async def exec_start(self, request: Request, exec_id: str):
+        inst = self.engine.find_exec(exec_id)
+        body = await request.json()
+        if body.get("Tty"):
+            raise BadParameter("a TTY for exec is not supported by this version of corral")
+        if inst.started:
+            raise Conflict(f"exec {exec_id} has already been started")
+        if inst.container.run is None:
+            raise Conflict(f"Container {inst.container.id} is not running")
+        if body.get("Detach"):
+            self.engine.exec_start(inst, None)
+            return Response(200, b"", "application/json")
+        send, receive = trio.open_memory_channel(16)
+        want = {"stdout": inst.attach_stdout, "stderr": inst.attach_stderr}
+
+        async def output(stream: str, data: bytes) -> None:
+            if not want[stream]:
+                return
+            kind = _STDOUT if stream == "stdout" else _STDERR
+            frame = bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+            try:
+                await send.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        self.engine.exec_start(inst, output, on_done=send.close)
+
+        async def chunks():
+            async with receive:
+                async for frame in receive:
+                    yield frame
+
+        return UpgradeResponse(chunks())
+
+    async def exec_inspect(self, request: Request, exec_id: str) -> Response:
+        return json_response(self.engine.find_exec(exec_id).inspect())
+
     # ---- images ----------------------------------------------------------------
 
     async def list_images(self, request: Request) -> Response:
@@ -362,7 +410,9 @@ class Api:
         return json_response(_image_inspect(image))
 
     async def load_image(self, request: Request) -> Response:
-        quiet = _bool(request.query.get("quiet"))
+        # quiet=1 only turns off progress output, which corral has none of:
+        # the "Loaded image" lines are sent either way, as Docker does, and
+        # the docker CLI asks for quiet whenever its output is not a terminal.
         tmp_dir = self.engine.config.root / "tmp"
         tmp_dir.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="load-", suffix=".tar")
@@ -382,9 +432,7 @@ class Api:
             self.engine.events.publish("load", image.id, {"name": image.id}, "image")
             tags = image.repo_tags or []
             lines += [f"Loaded image: {t}\n" for t in tags] or [f"Loaded image ID: {image.id}\n"]
-        body = b"" if quiet else b"".join(
-            json.dumps({"stream": line}).encode() + b"\n" for line in lines
-        )
+        body = b"".join(json.dumps({"stream": line}).encode() + b"\n" for line in lines)
         return Response(200, body)
 
     async def pull_image(self, request: Request) -> Response:
@@ -397,7 +445,10 @@ class Api:
     async def remove_image(self, request: Request, ref: str) -> Response:
         image = self._image(ref)
         users = [c for c in self.engine.containers.values() if c.record["Image"] == image.id]
-        if users:
+        # Removing one of several tags only untags, so the image stays for its
+        # containers; Docker allows that too.
+        by_id = image.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:"))
+        if users and (by_id or len(image.repo_tags or []) < 2):
             user = users[0]
             state = "running" if user.running else "stopped"
             raise Conflict(
@@ -460,7 +511,7 @@ def _tail_param(request: Request) -> int | None:
 def _time_param(request: Request, name: str) -> int | None:
     """Unix time in ns from Docker's "seconds[.nanoseconds]" parameters."""
     value = request.query.get(name)
-    if value in (None, "", "0"):
+    if value in (None, ""):
         return None
     try:
         seconds, _, frac = value.partition(".")
@@ -499,13 +550,22 @@ def _filters(request: Request) -> dict[str, list[str]]:
 _CONTAINER_FILTERS = ("id", "name", "status", "label", "exited", "ancestor", "before", "since")
 
 
-def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:
+def _check_container_filters(filters: dict) -> None:
+    """Refuse bad filters up front, even when no container would be matched."""
     unknown = set(filters) - set(_CONTAINER_FILTERS)
     if unknown:
         raise BadParameter(
             f"invalid filter {sorted(unknown)[0]!r}: corral filters containers by "
             + ", ".join(_CONTAINER_FILTERS)
         )
+    for pattern in filters.get("name", []):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise BadParameter(f"invalid name filter {pattern!r}: {err}") from None
+
+
+def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:
     checks = {
         "id": lambda v: container.id.startswith(v),
         "name": lambda v: re.search(v, container.name) is not None
@@ -520,10 +580,7 @@ def _container_matches(container: Container, filters: dict, engine: Engine) -> b
         "before": lambda v: container.record["Created"] < engine.find(v).record["Created"],
         "since": lambda v: container.record["Created"] > engine.find(v).record["Created"],
     }
-    try:
-        return all(any(checks[k](v) for v in values) for k, values in filters.items())
-    except re.error as err:
-        raise BadParameter(f"invalid name filter: {err}") from None
+    return all(any(checks[k](v) for v in values) for k, values in filters.items())
 
 
 def _label_matches(labels: dict, wanted: str) -> bool:

@@ -44,7 +44,7 @@ async def serve(config: DaemonConfig) -> None:
     from runtime.cgroups import CgroupManager
     from runtime.images import ImageStore
 
-    from . import http
+    from . import server
     from .api import Api
     from .engine import Engine
     from .events import EventBus
@@ -59,10 +59,10 @@ async def serve(config: DaemonConfig) -> None:
         cgroups.setup()
         engine = Engine(config, store, ImageStore(config.root / "images"), cgroups,
                         EventBus())
-        listener = http.listen_unix(config.socket, config.socket_group)
+        listener = server.listen_unix(config.socket, config.socket_group)
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            nursery.start_soon(http.serve, listener, Api(engine))
+            nursery.start_soon(server.serve, listener, Api(engine))
             log.info("daemon_started", path=str(config.socket), version=__version__,
                      cgroup_layout=cgroups.layout.value, pid=os.getpid())
             async for signum in signals:
