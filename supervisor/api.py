@@ -25,7 +25,7 @@ from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
 from .errors import ApiError, BadParameter, Conflict, NotFound
-from .http import Request, Response, StreamResponse, UpgradeResponse, json_response
+from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .logs import Follower, parse_time_ns, read_entries
 from .status import human_status
 
@@ -71,6 +71,9 @@ class Api:
             ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
             ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
             ("POST", r"/containers/(?P<ref>[^/]+)/attach", self.attach),
+            ("POST", r"/containers/(?P<ref>[^/]+)/exec", self.exec_create),
+            ("POST", r"/exec/(?P<exec_id>[^/]+)/start", self.exec_start),
+            ("GET", r"/exec/(?P<exec_id>[^/]+)/json", self.exec_inspect),
             ("DELETE", r"/containers/(?P<ref>[^/]+)", self.remove),
             ("GET", r"/images/json", self.list_images),
             ("POST", r"/images/load", self.load_image),
@@ -221,7 +224,7 @@ class Api:
         limit = _int_param(request, "limit")
         found = [
             c for c in self.engine.containers.values()
-            if (show_all or c.running or "status" in filters)
+            if (show_all or c.running or c.state["Restarting"] or "status" in filters)
             and _container_matches(c, filters, self.engine)
         ]
         found.sort(key=lambda c: c.record["Created"], reverse=True)
@@ -352,6 +355,50 @@ class Api:
 
         return UpgradeResponse(chunks())
 
+    # ---- exec ------------------------------------------------------------------
+
+    async def exec_create(self, request: Request, ref: str) -> Response:
+        container = self.engine.find(ref)
+        inst = self.engine.exec_create(container, await request.json())
+        return json_response({"Id": inst.id}, 201)
+
+    async def exec_start(self, request: Request, exec_id: str):
+        inst = self.engine.find_exec(exec_id)
+        body = await request.json()
+        if body.get("Tty"):
+            raise BadParameter("a TTY for exec is not supported by this version of corral")
+        if inst.started:
+            raise Conflict(f"exec {exec_id} has already been started")
+        if inst.container.run is None:
+            raise Conflict(f"Container {inst.container.id} is not running")
+        if body.get("Detach"):
+            self.engine.exec_start(inst, None)
+            return Response(200, b"", "application/json")
+        send, receive = trio.open_memory_channel(16)
+        want = {"stdout": inst.attach_stdout, "stderr": inst.attach_stderr}
+
+        async def output(stream: str, data: bytes) -> None:
+            if not want[stream]:
+                return
+            kind = _STDOUT if stream == "stdout" else _STDERR
+            frame = bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+            try:
+                await send.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        self.engine.exec_start(inst, output, on_done=send.close)
+
+        async def chunks():
+            async with receive:
+                async for frame in receive:
+                    yield frame
+
+        return UpgradeResponse(chunks())
+
+    async def exec_inspect(self, request: Request, exec_id: str) -> Response:
+        return json_response(self.engine.find_exec(exec_id).inspect())
+
     # ---- images ----------------------------------------------------------------
 
     async def list_images(self, request: Request) -> Response:
@@ -464,7 +511,7 @@ def _tail_param(request: Request) -> int | None:
 def _time_param(request: Request, name: str) -> int | None:
     """Unix time in ns from Docker's "seconds[.nanoseconds]" parameters."""
     value = request.query.get(name)
-    if value in (None, "", "0"):
+    if value in (None, ""):
         return None
     try:
         seconds, _, frac = value.partition(".")

@@ -22,9 +22,13 @@ def _client(ctx: click.Context) -> Client:
     return ctx.find_root().obj
 
 
-def _fail(err: ClientError, code: int = 1):
+def _say_error(err: ClientError) -> None:
     click.echo(f"Error response from daemon: {err.message}" if err.status else err.message,
                err=True)
+
+
+def _fail(err: ClientError, code: int = 1):
+    _say_error(err)
     sys.exit(code)
 
 
@@ -72,6 +76,28 @@ def _create_options(f):
                      help="none (own namespace, loopback only) or host"),
         click.option("--restart", default="no", show_default=True,
                      help="no, on-failure[:N], always or unless-stopped"),
+        click.option("--restart-delay", help="first restart delay (default 100ms)"),
+        click.option("--restart-max-delay", help="cap of the restart delay (default 1m)"),
+        click.option("--restart-reset-after",
+                     help="a run this long resets the delay (default 10s)"),
+        click.option("--restart-factor", type=float,
+                     help="delay multiplier per consecutive restart (default 2)"),
+        click.option("--restart-jitter", type=float,
+                     help="random spread of each delay, a fraction in [0, 1)"),
+        click.option("--start-limit", help="B/T: give up after B restarts within T "
+                     "(for example 5/30s)"),
+        click.option("--health-cmd", help="command to check health (run by /bin/sh -c)"),
+        click.option("--health-interval", help="time between checks (default 30s)"),
+        click.option("--health-timeout", help="time a check may take (default 30s)"),
+        click.option("--health-retries", type=int,
+                     help="failures in a row that make it unhealthy (default 3)"),
+        click.option("--health-start-period", help="grace time after start (default 0s)"),
+        click.option("--health-start-interval",
+                     help="time between checks in the start period (default 5s)"),
+        click.option("--no-healthcheck", is_flag=True, help="disable the image's check"),
+        click.option("--health-on-failure", default="none", show_default=True,
+                     type=click.Choice(["none", "restart", "stop", "kill"]),
+                     help="what to do when the container turns unhealthy"),
         click.option("--rm", "auto_remove", is_flag=True,
                      help="remove the container when it exits"),
         click.option("--stop-signal", help="signal that stops the container"),
@@ -104,6 +130,64 @@ def _restart_policy(value: str) -> dict:
     if count and not re.fullmatch(r"-?\d+", count):
         raise click.UsageError(f"invalid --restart {value!r}: the count must be a number")
     return {"Name": name, "MaximumRetryCount": int(count or 0)}
+
+
+def _duration_ns(value: str | None, flag: str) -> int | None:
+    from .units import parse_duration_s
+
+    if value is None:
+        return None
+    try:
+        return int(round(parse_duration_s(value) * 1e9))
+    except ValueError as err:
+        raise click.UsageError(f"invalid {flag}: {err}") from None
+
+
+def _restart_extensions(o: dict) -> dict:
+    """corral's HostConfig extensions for restart backoff and start limit."""
+    backoff = {
+        "InitialDelay": _duration_ns(o["restart_delay"], "--restart-delay"),
+        "MaxDelay": _duration_ns(o["restart_max_delay"], "--restart-max-delay"),
+        "ResetAfter": _duration_ns(o["restart_reset_after"], "--restart-reset-after"),
+        "Factor": o["restart_factor"],
+        "Jitter": o["restart_jitter"],
+    }
+    out = {}
+    backoff = {k: v for k, v in backoff.items() if v is not None}
+    if backoff:
+        out["CorralRestartBackoff"] = backoff
+    if o["start_limit"]:
+        burst, sep, interval = o["start_limit"].partition("/")
+        if not sep or not burst.isdigit():
+            raise click.UsageError(
+                f"invalid --start-limit {o['start_limit']!r}: use BURST/INTERVAL, "
+                "for example 5/30s"
+            )
+        out["CorralStartLimit"] = {
+            "Burst": int(burst),
+            "Interval": _duration_ns(interval, "--start-limit interval"),
+        }
+    return out
+
+
+def _healthcheck(o: dict) -> dict | None:
+    if o["no_healthcheck"]:
+        return {"Test": ["NONE"]}
+    timings = {
+        "Interval": _duration_ns(o["health_interval"], "--health-interval"),
+        "Timeout": _duration_ns(o["health_timeout"], "--health-timeout"),
+        "StartPeriod": _duration_ns(o["health_start_period"], "--health-start-period"),
+        "StartInterval": _duration_ns(o["health_start_interval"],
+                                      "--health-start-interval"),
+    }
+    doc = {k: v for k, v in timings.items() if v is not None}
+    if o["health_retries"] is not None:
+        doc["Retries"] = o["health_retries"]
+    if o["health_cmd"]:
+        doc["Test"] = ["CMD-SHELL", o["health_cmd"]]
+    elif doc:
+        raise click.UsageError("health options need --health-cmd")
+    return doc or None
 
 
 def _key_values(items, flag: str) -> dict:
@@ -145,6 +229,8 @@ def _create_body(o: dict) -> dict:
         "PidsLimit": o["pids_limit"],
         "LogConfig": {"Type": "json-file", "Config": _key_values(o["log_opt"], "--log-opt")},
     }
+    host.update(_restart_extensions(o))
+    host["CorralHealthOnFailure"] = o["health_on_failure"]
     body = {
         "Image": o["image"],
         "Cmd": list(o["command"]) or None,
@@ -157,6 +243,9 @@ def _create_body(o: dict) -> dict:
         "StopTimeout": o["stop_timeout"],
         "HostConfig": host,
     }
+    healthcheck = _healthcheck(o)
+    if healthcheck:
+        body["Healthcheck"] = healthcheck
     if o["entrypoint"] is not None:
         body["Entrypoint"] = [o["entrypoint"]] if o["entrypoint"] else []
     return body
@@ -273,7 +362,7 @@ def _each(ctx, containers, action) -> None:
             action(ref)
             click.echo(ref)
         except ClientError as err:
-            click.echo(f"Error response from daemon: {err.message}", err=True)
+            _say_error(err)
             failed = True
     if failed:
         sys.exit(1)
@@ -349,9 +438,37 @@ def wait(ctx, containers):
         try:
             one(ref)
         except ClientError as err:
-            click.echo(f"Error response from daemon: {err.message}", err=True)
+            _say_error(err)
             failed = True
     sys.exit(1 if failed else 0)
+
+
+@main.command(name="exec", context_settings=_RUN_ARGS)
+@click.option("-d", "--detach", is_flag=True, help="run the command in the background")
+@click.option("-e", "--env", multiple=True, help="set an environment variable")
+@click.option("-u", "--user", help="user[:group] to run as")
+@click.option("-w", "--workdir", help="working directory inside the container")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx, detach, env, user, workdir, container, command):
+    """Run a command in a running container."""
+    client = _client(ctx)
+    body = {"Cmd": list(command), "Env": _env(env, ()), "User": user or "",
+            "WorkingDir": workdir or "", "AttachStdout": not detach,
+            "AttachStderr": not detach}
+    try:
+        exec_id = client.call("POST", f"/containers/{container}/exec", body=body)["Id"]
+        response = client.open("POST", f"/exec/{exec_id}/start",
+                               body={"Detach": detach, "Tty": False})
+        if detach:
+            response.read()
+            return
+        _copy_frames(response)
+        doc = client.call("GET", f"/exec/{exec_id}/json")
+    except ClientError as err:
+        _fail(err, EXIT_DAEMON_REFUSED)
+    sys.exit(doc["ExitCode"] if doc["ExitCode"] is not None else EXIT_DAEMON_REFUSED)
 
 
 # ---- ps, logs, inspect -------------------------------------------------------
@@ -428,7 +545,7 @@ def _render(template: str, doc) -> str:
     def value(match):
         current = doc
         for part in filter(None, match.group(2).split(".")):
-            current = current.get(part) if isinstance(current, dict) else None
+            current = _field(current, part)
         if match.group(1):
             return json.dumps(current)
         if isinstance(current, bool):
@@ -438,6 +555,16 @@ def _render(template: str, doc) -> str:
         return json.dumps(current) if isinstance(current, (dict, list)) else str(current)
 
     return _TEMPLATE_FIELD.sub(value, template).encode().decode("unicode_escape")
+
+
+def _field(doc, name: str):
+    """A field by its Go name; Docker's JSON spells some in lower case."""
+    if not isinstance(doc, dict):
+        return None
+    for key in (name, name[:1].lower() + name[1:], name.lower()):
+        if key in doc:
+            return doc[key]
+    return None
 
 
 @main.command()
@@ -567,7 +694,7 @@ def rmi(ctx, force, images):
                 for key, value in item.items():
                     click.echo(f"{key}: {value}")
         except ClientError as err:
-            click.echo(f"Error response from daemon: {err.message}", err=True)
+            _say_error(err)
             failed = True
     sys.exit(1 if failed else 0)
 

@@ -25,8 +25,17 @@ class Run:
     pid: int
     pidfd: int
     cgroup: object
+    stdout_fd: int
+    stderr_fd: int
+    started_at_s: float
     exited: trio.Event = field(default_factory=trio.Event)
+    # Set by stop, rm and a SIGKILL through the API: the exit was asked for,
+    # so the restart policy treats it as a manual stop.
     stop_requested: bool = False
+    # The last signal sent through the kill API; dying of it is a manual stop.
+    killed_with: int | None = None
+    # "restart" or "kill" when a failed health check ended the run.
+    unhealthy_action: str | None = None
 
 
 @dataclass
@@ -40,6 +49,9 @@ class Container:
     # Set whenever a run ends; replaced when the next run starts.
     exited: trio.Event = field(default_factory=trio.Event)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # The backoff delay before an automatic restart; cancelled by stop,
+    # start, restart and rm.
+    pending_restart: trio.CancelScope | None = None
 
     @property
     def id(self) -> str:

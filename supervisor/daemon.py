@@ -46,7 +46,7 @@ async def serve(config: DaemonConfig) -> None:
     from runtime.cgroups import CgroupManager
     from runtime.images import ImageStore
 
-    from . import http
+    from . import server
     from .api import Api
     from .engine import Engine
     from .events import EventBus
@@ -61,12 +61,12 @@ async def serve(config: DaemonConfig) -> None:
         cgroups.setup()
         engine = Engine(config, store, ImageStore(config.root / "images"), cgroups,
                         EventBus())
-        listener = http.listen_unix(config.socket, config.socket_group)
+        listener = server.listen_unix(config.socket, config.socket_group)
         api_done = trio.Event()
 
         async def serve_api():
             try:
-                await http.serve(listener, Api(engine))
+                await server.serve(listener, Api(engine))
             finally:
                 api_done.set()
 

@@ -6,10 +6,13 @@ exit. The record is written to the store before anything is started and after
 every transition, so a daemon restart finds every container as it last was.
 """
 
+import dataclasses
 import os
+import random
 import secrets
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import structlog
@@ -20,12 +23,13 @@ from runtime import images as rt_images
 from runtime import process as rt_process
 from metrics.collector import Target
 
-from . import names, validation
+from . import execs, health, names, policy, validation
 from .config import DaemonConfig
 from .container import ZERO_TIME, Container, Run, new_state, now_rfc3339
 from .errors import BadParameter, Conflict, NotFound, NotModified, ServerError
 from .errors import no_such_container
 from .events import EventBus
+from ._procs import read_to_eof, reap, wait_process
 from .logs import LineSplitter, LogWriter, parse_time_ns
 from .store import Store
 
@@ -62,6 +66,8 @@ class Engine:
         self.names: dict[str, str] = {}
         self.host_cpus = rt_cgroups.host_cpu_count()
         self._nursery: trio.Nursery | None = None
+        self._shutting_down = False
+        self.execs: dict[str, execs.ExecInstance] = {}
         self._dir = config.root / "containers"
 
     # ---- set-up and shutdown -------------------------------------------------
@@ -73,7 +79,27 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            await self._start_on_daemon_start()
             await trio.sleep_forever()
+
+    async def _start_on_daemon_start(self) -> None:
+        """Start the containers whose restart policy says to, counts intact."""
+        for container in list(self.containers.values()):
+            rules = policy.RestartPolicy.from_host_config(container.record["HostConfig"])
+            state = self._restart_state(container)
+            started_before = container.state["StartedAt"] != ZERO_TIME
+            if not started_before or not policy.should_start_on_daemon_start(
+                rules, state, container.state["ExitCode"]
+            ):
+                continue
+            try:
+                async with container.lock:
+                    run = await self._launch(container)
+            except (ServerError, BadParameter) as err:
+                log.warning("restart_failed", container=container.id, error=err.message,
+                            consequence="the container stays stopped")
+                continue
+            self._nursery.start_soon(self._supervise, container, run)
 
     def _load(self) -> None:
         for record in self.store.load_containers():
@@ -135,11 +161,19 @@ class Engine:
                 shutil.rmtree(entry, ignore_errors=True)
 
     async def shutdown(self) -> None:
-        """Stop every running container, each with its own stop timeout."""
+        """Stop every running container, each with its own stop timeout.
+
+        These stops are the daemon's, not the user's: they are not recorded
+        as manual stops, so restart policies bring the containers back when
+        the daemon starts again.
+        """
+        self._shutting_down = True
         async with trio.open_nursery() as nursery:
             for container in list(self.containers.values()):
+                if self._cancel_pending_restart(container):
+                    self._save(container)
                 if container.running:
-                    nursery.start_soon(self.stop, container, None)
+                    nursery.start_soon(self.stop, container, None, False)
 
     # ---- lookup ----------------------------------------------------------------
 
@@ -252,20 +286,26 @@ class Engine:
     # ---- start -----------------------------------------------------------------
 
     async def start(self, container: Container) -> None:
+        """A manual start: resets the restart count and any pending restart."""
         async with container.lock:
             if container.removing:
                 raise Conflict(f"container {container.name} is being removed")
             if container.running:
                 raise NotModified("container already started")
-            await self._start_run(container)
+            self._cancel_pending_restart(container)
+            self._set_restart_state(container, policy.manual_start(self._restart_state(container)))
+            container.record["RestartCount"] = 0
+            run = await self._launch(container)
+        self._nursery.start_soon(self._supervise, container, run)
 
-    async def _start_run(self, container: Container) -> None:
+    async def _launch(self, container: Container) -> Run:
+        """Spawn the container's PID 1 and record the run; raises on failure."""
         spec, cgroup = self._prepare(container)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             spawned = rt_process.spawn_init(spec, out_w, err_w)
-        except OSError as err:
+        except (OSError, rt_process.ProcessError) as err:
             for fd in (out_r, err_r):
                 os.close(fd)
             self._drop_cgroup(cgroup)
@@ -278,11 +318,13 @@ class Engine:
             for fd in (out_r, err_r):
                 os.close(fd)
             await self._fail_start(container, result, cgroup)
-        run = Run(result.pid, os.pidfd_open(result.pid), cgroup)
+        run = Run(result.pid, os.pidfd_open(result.pid), cgroup, out_r, err_r,
+                  time.monotonic())
         container.run = run
         container.state.update(
             Status="running",
             Running=True,
+            Restarting=False,
             Pid=run.pid,
             ExitCode=0,
             Error="",
@@ -294,7 +336,7 @@ class Engine:
         self.events.publish("start", container.id, container.attributes())
         log.info("container_started", container=container.id, pid=run.pid)
         container.log.wake()
-        self._nursery.start_soon(self._supervise, container, run, out_r, err_r, cgroup)
+        return run
 
     def _prepare(self, container: Container):
         record = container.record
@@ -346,11 +388,11 @@ class Engine:
     async def _collect_start(self, spawned) -> "rt_process.StartResult":
         data = b""
         with trio.move_on_after(HELPER_TIMEOUT_S) as scope:
-            data = await _read_to_eof(spawned.status_fd)
-            await _wait_process(spawned.helper)
+            data = await read_to_eof(spawned.status_fd)
+            await wait_process(spawned.helper)
         if scope.cancelled_caught:
             spawned.helper.kill()
-            await _wait_process(spawned.helper)
+            await wait_process(spawned.helper)
             os.close(spawned.status_fd)
             return rt_process.StartResult(
                 pid=None,
@@ -362,7 +404,7 @@ class Engine:
 
     async def _fail_start(self, container, result, cgroup) -> None:
         if result.pid:
-            await _reap(result.pid)
+            await reap(result.pid)
         self._drop_cgroup(cgroup)
         exit_code = result.exit_code or 125
         container.state.update(
@@ -387,28 +429,116 @@ class Engine:
 
     # ---- supervision -----------------------------------------------------------
 
-    async def _supervise(self, container, run: Run, out_r, err_r, cgroup) -> None:
+    async def _supervise(self, container: Container, run: Run) -> None:
+        """Watch runs of one container and restart it as its policy says."""
         structlog.contextvars.bind_contextvars(container=container.id)
         try:
-            await self._supervise_run(container, run, out_r, err_r, cgroup)
+            while run is not None:
+                status = await self._watch_run(container, run)
+                self._finish_run(container, run, status)
+                run = await self._restart_after(container, run, status)
         except Exception:
             # One container's failure must never take the daemon down with it.
             log.exception("supervision_failed")
+            self._abandon(container)
+        if container.record["HostConfig"]["AutoRemove"] and not container.removing:
+            await self.remove(container, force=True)
 
-    async def _supervise_run(self, container, run, out_r, err_r, cgroup) -> None:
+    def _abandon(self, container: Container) -> None:
+        """After a supervision fault: kill the run so no caller waits forever."""
+        run = container.run
+        if run is None:
+            return
+        try:
+            signal.pidfd_send_signal(run.pidfd, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass
+        self._nursery.start_soon(reap, run.pid)
+        self._finish_run(container, run, rt_process.ExitStatus(exit_code=137, signal=9))
+        container.state["Error"] = "corrald lost track of this run and killed it"
+        self._save(container)
+
+    async def _watch_run(self, container: Container, run: Run):
+        check = health.HealthConfig.from_config(container.record["Config"].get("Healthcheck"))
         async with trio.open_nursery() as pumps:
-            pumps.start_soon(self._pump, container, out_r, "stdout")
-            pumps.start_soon(self._pump, container, err_r, "stderr")
+            pumps.start_soon(self._pump, container, run.stdout_fd, "stdout")
+            pumps.start_soon(self._pump, container, run.stderr_fd, "stderr")
+            probes = trio.CancelScope()
+            if check is not None:
+                pumps.start_soon(self._check_health, container, run, check, probes)
             await trio.lowlevel.wait_readable(run.pidfd)
+            probes.cancel()
             status = rt_process.exit_status(run.pidfd)
             # PID 1's death tears down its pid namespace, so the pipes close
             # promptly; the deadline only guards against a stray holder.
             pumps.cancel_scope.deadline = trio.current_time() + PUMP_DRAIN_S
         os.close(run.pidfd)
-        self._drop_cgroup(cgroup)
-        self._finish_run(container, run, status)
-        if container.record["HostConfig"]["AutoRemove"] and not container.removing:
-            await self.remove(container, force=True)
+        self._drop_cgroup(run.cgroup)
+        return status
+
+    async def _check_health(self, container, run: Run, check, scope) -> None:
+        """Probe the run's health on the daemon's own scheduler, and act on it."""
+        state = health.HealthState(retries=check.retries)
+        self._show_health(container, state)
+        started = trio.current_time()
+        with scope:
+            while True:
+                in_start = (trio.current_time() - started < check.start_period_s
+                            and state.status == "starting")
+                await trio.sleep(check.start_interval_s if in_start else check.interval_s)
+                result = await self._probe(container, check)
+                in_start = trio.current_time() - started < check.start_period_s
+                changed = state.record(result, in_start)
+                self._show_health(container, state)
+                if changed:
+                    self.events.publish("health_status: " + changed, container.id,
+                                        container.attributes())
+                    log.info("health_changed", status=changed,
+                             exit_code=result.exit_code)
+                if changed == "unhealthy":
+                    await self._act_on_unhealthy(container, run)
+
+    async def _probe(self, container: Container, check) -> "health.ProbeResult":
+        record = container.record
+        inst = execs.ExecInstance(
+            id="health", container=container, args=check.command(),
+            env=record["Config"]["Env"], cwd=record["Config"]["WorkingDir"] or "/",
+            user=record["Config"]["User"],
+        )
+        output = bytearray()
+
+        async def keep(stream: str, data: bytes) -> None:
+            room = health.MAX_OUTPUT_BYTES - len(output)
+            if room > 0:
+                output.extend(data[:room])
+
+        start = now_rfc3339()
+        try:
+            code = await execs.run_exec(inst, keep, timeout_s=check.timeout_s)
+        except Conflict:
+            code = -1
+        if inst.error.startswith("timed out"):
+            code = -1
+            output.extend(f"Health check exceeded timeout ({check.timeout_s:g}s)".encode())
+        return health.ProbeResult(start, now_rfc3339(), code,
+                                  output.decode("utf-8", "replace"))
+
+    def _show_health(self, container: Container, state) -> None:
+        container.state["Health"] = state.view()
+        self._save(container)
+
+    async def _act_on_unhealthy(self, container: Container, run: Run) -> None:
+        action = container.record["HostConfig"].get("CorralHealthOnFailure") or "none"
+        if action == "none":
+            return
+        log.warning("unhealthy_action", action=action)
+        if action == "stop":
+            self._nursery.start_soon(self.stop, container, None)
+            return
+        # restart and kill end the run without a manual stop, so the restart
+        # policy (and for restart, its backoff and count) applies.
+        run.unhealthy_action = action
+        self._send_signal(container, run, signal.SIGKILL)
 
     async def _pump(self, container: Container, fd: int, stream: str) -> None:
         splitter = LineSplitter()
@@ -431,15 +561,105 @@ class Engine:
             ExitCode=status.exit_code,
             FinishedAt=now_rfc3339(),
         )
+        manual = run.stop_requested or (
+            run.killed_with is not None and status.signal == run.killed_with
+        )
+        state = self._restart_state(container)
+        if manual:
+            state = policy.manual_stop(state)
+            self._set_restart_state(container, state)
         self._save(container)
         self.events.publish(
             "die", container.id, container.attributes(exitCode=status.exit_code)
         )
-        log.info("container_exited", exit_code=status.exit_code, signal=status.signal)
+        log.info("container_exited", exit_code=status.exit_code, signal=status.signal,
+                 requested=manual)
         run.exited.set()
         old, container.exited = container.exited, trio.Event()
         old.set()
         container.log.wake()
+
+    async def _restart_after(self, container: Container, run: Run, status) -> Run | None:
+        """Wait out the backoff and start the next run, or None to stop here."""
+        if self._shutting_down or container.removing:
+            return None
+        rules = policy.RestartPolicy.from_host_config(container.record["HostConfig"])
+        if run.unhealthy_action == "restart" and rules.name == "no":
+            # The user asked for restarts on failed health checks: they go
+            # through the backoff and are counted like any other restart.
+            rules = dataclasses.replace(rules, name="always")
+        decision, state = policy.decide(
+            rules,
+            self._restart_state(container),
+            exit_code=status.exit_code,
+            run_duration_s=time.monotonic() - run.started_at_s,
+            stop_requested=run.stop_requested,
+            now_s=time.time(),
+            rand=random.random(),
+        )
+        self._set_restart_state(container, state)
+        if not decision.restart:
+            self._give_up(container, rules, decision)
+            return None
+        self._mark_restarting(container, decision.delay_s)
+        with trio.CancelScope() as scope:
+            container.pending_restart = scope
+            await trio.sleep(decision.delay_s)
+        container.pending_restart = None
+        if scope.cancelled_caught or container.removing:
+            return None
+        async with container.lock:
+            state = self._restart_state(container)
+            if container.running or container.removing or not state.restart_pending:
+                return None
+            state = policy.restarted(state, time.time())
+            self._set_restart_state(container, state)
+            container.record["RestartCount"] = state.restart_count
+            try:
+                return await self._launch(container)
+            except (ServerError, BadParameter) as err:
+                container.state.update(Restarting=False)
+                self._save(container)
+                self.events.publish("restart_gave_up", container.id,
+                                    container.attributes(reason=err.message))
+                log.warning("restart_failed", error=err.message,
+                            consequence="the container stays stopped")
+                return None
+
+    def _mark_restarting(self, container: Container, delay_s: float) -> None:
+        container.state.update(Status="restarting", Restarting=True)
+        self._save(container)
+        self.events.publish("restart_scheduled", container.id,
+                            container.attributes(delay=f"{delay_s:.3f}s"))
+        log.info("restart_scheduled", delay_s=round(delay_s, 3),
+                 attempt=container.record["RestartCount"] + 1)
+
+    def _give_up(self, container: Container, rules, decision) -> None:
+        if rules.name == "no" or not decision.reason or self._restart_state(
+            container).manually_stopped:
+            return
+        if decision.reason.startswith("start limit") or "retry" in decision.reason:
+            self.events.publish("restart_gave_up", container.id,
+                                container.attributes(reason=decision.reason))
+            log.info("restart_gave_up", reason=decision.reason)
+
+    def _cancel_pending_restart(self, container: Container) -> bool:
+        scope = container.pending_restart
+        if scope is None:
+            return False
+        scope.cancel()
+        container.pending_restart = None
+        container.state.update(Restarting=False, Status="exited")
+        state = self._restart_state(container)
+        self._set_restart_state(container, dataclasses.replace(state, next_restart_at_s=None))
+        return True
+
+    def _restart_state(self, container: Container) -> "policy.RestartState":
+        return policy.RestartState.from_dict(container.record.get("CorralRestartState") or {})
+
+    def _set_restart_state(self, container: Container, state) -> None:
+        container.record["CorralRestartState"] = state.to_dict()
+        container.state["CorralRestart"] = _restart_view(state)
 
     def _drop_cgroup(self, cgroup) -> None:
         try:
@@ -451,15 +671,27 @@ class Engine:
 
     # ---- stop, kill, restart ---------------------------------------------------
 
-    async def stop(self, container: Container, timeout_s: int | None) -> None:
+    async def stop(self, container: Container, timeout_s: int | None,
+                   manual: bool = True) -> None:
+        """Stop signal, then SIGKILL after the timeout; also ends a backoff wait.
+
+        A manual stop is remembered by the restart policy; the daemon's own
+        stops at shutdown are not manual.
+        """
         run = container.run
         if run is None:
+            if self._cancel_pending_restart(container):
+                self._set_restart_state(
+                    container, policy.manual_stop(self._restart_state(container)))
+                self._save(container)
+                self.events.publish("stop", container.id, container.attributes())
+                return
             raise NotModified("container already stopped")
         if timeout_s is None:
             timeout_s = container.record["Config"].get(
                 "StopTimeout", validation.DEFAULT_STOP_TIMEOUT_S
             )
-        run.stop_requested = True
+        run.stop_requested = manual
         stop_signal = validation.parse_signal(container.record["Config"]["StopSignal"])
         self._send_signal(container, run, stop_signal)
         if timeout_s >= 0:
@@ -480,6 +712,7 @@ class Engine:
             raise Conflict(f"Container {container.id} is not running")
         if sig == signal.SIGKILL:
             run.stop_requested = True
+        run.killed_with = sig
         self._send_signal(container, run, sig)
 
     def _send_signal(self, container: Container, run: Run, sig: int) -> None:
@@ -506,6 +739,7 @@ class Engine:
                 "container before attempting removal or force remove"
             )
         container.removing = True
+        self._cancel_pending_restart(container)
         if container.run is not None:
             run = container.run
             self._send_signal(container, run, signal.SIGKILL)
@@ -543,6 +777,48 @@ class Engine:
             await container.exited.wait()
         return container.state["ExitCode"]
 
+    # ---- exec ------------------------------------------------------------------
+
+    def exec_create(self, container: Container, body: dict) -> "execs.ExecInstance":
+        if container.run is None:
+            raise Conflict(f"Container {container.id} is not running")
+        inst = execs.new_exec(container, body)
+        self._prune_execs()
+        self.execs[inst.id] = inst
+        self.events.publish("exec_create: " + " ".join(inst.args), container.id,
+                            container.attributes(execID=inst.id))
+        return inst
+
+    def find_exec(self, exec_id: str) -> "execs.ExecInstance":
+        inst = self.execs.get(exec_id)
+        if inst is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return inst
+
+    def exec_start(self, inst, output, on_done=None) -> None:
+        """Run the instance in the daemon's nursery, so it outlives its client."""
+        container = inst.container
+        self.events.publish("exec_start: " + " ".join(inst.args), container.id,
+                            container.attributes(execID=inst.id))
+
+        async def run():
+            try:
+                code = await execs.run_exec(inst, output)
+                self.events.publish("exec_die", container.id,
+                                    container.attributes(execID=inst.id, exitCode=code))
+            except Conflict as err:
+                inst.error = err.message
+            finally:
+                if on_done is not None:
+                    on_done()
+
+        self._nursery.start_soon(run)
+
+    def _prune_execs(self) -> None:
+        finished = [i for i in self.execs.values() if i.done.is_set()]
+        for inst in finished[: max(0, len(finished) - execs.MAX_FINISHED_EXECS)]:
+            del self.execs[inst.id]
+
     # ---- read-only view for metrics ------------------------------------------
 
     def metric_targets(self) -> list[Target]:
@@ -567,6 +843,23 @@ class Engine:
     def _save(self, container: Container) -> None:
         if container.id in self.containers:
             self.store.save_container(container.record)
+
+
+def _restart_view(state) -> dict:
+    """What inspect shows of the restart policy's state (State.CorralRestart)."""
+    return {
+        "ManuallyStopped": state.manually_stopped,
+        "BackoffDelaySeconds": round(state.current_delay_s, 3),
+        "NextRestartAt": _wall_rfc3339(state.next_restart_at_s),
+        "GaveUpReason": state.gave_up_reason or "",
+        "GaveUpAt": _wall_rfc3339(state.gave_up_at_s),
+    }
+
+
+def _wall_rfc3339(unix_s: float | None) -> str:
+    from .logs import format_time_ns
+
+    return format_time_ns(int(unix_s * 1e9)) if unix_s else ZERO_TIME
 
 
 def check_wait_condition(condition: str) -> None:
@@ -635,40 +928,3 @@ def _without_loopback(resolv: str) -> str:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-async def _read_to_eof(fd: int) -> bytes:
-    chunks = []
-    try:
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                data = os.read(fd, READ_BYTES)
-            except BlockingIOError:
-                continue
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-    finally:
-        os.close(fd)
-
-
-async def _wait_process(popen) -> None:
-    pidfd = os.pidfd_open(popen.pid)
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
-    popen.wait()
-
-
-async def _reap(pid: int) -> None:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-        rt_process.exit_status(pidfd)
-    finally:
-        os.close(pidfd)

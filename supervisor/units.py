@@ -25,3 +25,27 @@ def format_size(size_bytes: float) -> str:
             break
         size_bytes /= 1000
     return f"{size_bytes:.4g}{unit}"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0,
+                     "m": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """Seconds in a Go-style duration ("100ms", "1m30s", "2h"); "0" is zero."""
+    text = str(text).strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS_S[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"invalid duration {text!r}: use a number with a unit, "
+            "for example 100ms, 5s, 1m or 1m30s"
+        )
+    return total

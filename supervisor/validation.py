@@ -9,6 +9,7 @@ import re
 import signal as _signal
 from dataclasses import dataclass
 
+from . import health, policy
 from .errors import BadParameter
 from .units import parse_size
 
@@ -37,7 +38,6 @@ _UNSUPPORTED_HOST_FIELDS = {
 _UNSUPPORTED_CONFIG_FIELDS = {
     "Tty": "a TTY (-t)",
     "OpenStdin": "an open stdin (-i)",
-    "Healthcheck": "health checks",
 }
 
 
@@ -128,12 +128,21 @@ def _merge_config(body: dict, image: dict) -> dict:
         "Entrypoint": entrypoint or None,
         "OnBuild": None,
         "Labels": labels,
+        "Healthcheck": _healthcheck(body.get("Healthcheck"), image.get("Healthcheck")),
         "StopSignal": _check_signal(
             body.get("StopSignal") or image.get("StopSignal") or "SIGTERM",
             "StopSignal",
         ),
         **_stop_timeout(body.get("StopTimeout")),
     }
+
+
+def _healthcheck(requested, from_image):
+    try:
+        health.check_healthcheck(requested)
+    except ValueError as err:
+        raise BadParameter(str(err)) from None
+    return requested or from_image or None
 
 
 def _stop_timeout(value) -> dict:
@@ -204,10 +213,21 @@ def _check_host_config(host: dict, host_cpus: int) -> dict:
     nano_cpus, quota, period = _check_cpu(host, host_cpus)
     pids = _check_pids(host)
     restart = check_restart_policy(host.get("RestartPolicy"), bool(host.get("AutoRemove")))
+    try:
+        policy.validate_extensions(host)
+    except ValueError as err:
+        raise BadParameter(str(err)) from None
+    on_failure = host.get("CorralHealthOnFailure") or "none"
+    if on_failure not in health.ACTIONS:
+        raise BadParameter(
+            f"invalid health action {on_failure!r} (CorralHealthOnFailure): use one "
+            "of " + ", ".join(health.ACTIONS)
+        )
     return {
         **host,
         "NetworkMode": _check_network(host.get("NetworkMode")),
         "RestartPolicy": restart,
+        "CorralHealthOnFailure": on_failure,
         "AutoRemove": bool(host.get("AutoRemove")),
         "Memory": memory,
         "MemorySwap": swap,

@@ -5,7 +5,7 @@ import json
 import trio
 import trio.testing
 
-from supervisor.http import Response, StreamResponse, _serve_connection, json_response
+from supervisor.server import Response, StreamResponse, _serve_connection, json_response
 
 
 async def exchange(handler, raw: bytes) -> bytes:
