@@ -1,14 +1,16 @@
-"""Container init helper: builds one container's namespaces and execs its command.
+"""Container init helper: builds one container's namespaces and execs its command,
+or runs one more command inside a running container.
 
 Run by runtime/process.py as
 
-    python -I -S _init.py --spec-fd N --status-fd M
+    python -I -S _init.py --mode init|exec --spec-fd N --status-fd M
 
 with the spec as one JSON object in a memfd (fd N, read with pread from offset
 0) and the write end of the status pipe (fd M). The helper prints one JSON line
-per message to the status pipe: {"pid": P} once PID 1 of the container exists
-(P is its pid on the host), and {"error": "...", "exit_code": C} when setup or
-exec fails, after which the failing process exits with C.
+per message to the status pipe: {"pid": P} once the process exists (P is its
+pid on the host: PID 1 of a new container, or the exec'd process), and
+{"error": "...", "exit_code": C} when setup or exec fails, after which the
+failing process exits with C.
 
 Facts this file relies on:
 - It runs stdlib-only and imports as little as possible: the daemon waits for
@@ -24,6 +26,22 @@ Facts this file relies on:
   so cgroups are joined first.
 - Every mount happens in the container's private mount namespace; nothing is
   mounted on the host, and nothing is left behind if the daemon dies.
+
+In exec mode the helper joins the namespaces of a running container's PID 1
+instead of creating them:
+- setns(CLONE_NEWPID), like unshare, moves only the children of the caller,
+  so the helper forks here too; the child is the exec'd process and, once the
+  helper exits, the daemon's child again (it is the nearest subreaper among
+  the helper's ancestors). It is not PID 1, so it dies with the container.
+- A pidfd of PID 1, opened by the daemon, proves that the namespace files
+  under /proc/PID/ns belonged to it: a pid is reused only after its process
+  was reaped, and a pidfd turns readable as soon as its process exits.
+- setns(CLONE_NEWNS) sets root and cwd to the top of the namespace's first
+  mount. That is the container's rootfs only where the host's own root was
+  pivoted to, not chrooted into (an initramfs that chroots leaves its rootfs
+  there), so the process then moves to PID 1's root, opened beforehand from
+  /proc/PID/root. The host's files (the cgroups' procs files among them) are
+  out of reach after it.
 """
 
 import _json
@@ -37,8 +55,9 @@ EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
 
-ENOENT = 2
 EPERM = 1
+ENOENT = 2
+ENOMEM = 12
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -64,7 +83,8 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 OPEN_TREE_CLONE = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC = 0x1 | 0x2 | 0x4 | 0x8
+MOUNT_ATTR_RO_NOSUID_NODEV = 0x1 | 0x2 | 0x4
+MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC = MOUNT_ATTR_RO_NOSUID_NODEV | 0x8
 CLOSE_RANGE_CLOEXEC = 0x4
 
 # Syscalls numbered 424 and up share one number on every architecture.
@@ -77,6 +97,11 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+
+# Where an init program given in the spec (--init) appears in the container.
+INIT_TARGET = "/sbin/corral-init"
+# The namespaces an exec joins. The container has no user or time namespace.
+EXEC_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 # Docker's default PATH: searched for the command when the env sets none
 # (the env itself stays as given).
@@ -109,6 +134,7 @@ _libc.mount.argtypes = (
 )
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 
 
 class SetupError(Exception):
@@ -130,19 +156,31 @@ class _JsonContext:
 
 
 def main(argv):
-    spec_fd, status_fd = parse_args(argv)
+    mode, spec_fd, status_fd = parse_args(argv)
+    prepare, finish = MODES[mode]
     try:
-        spec = setup_helper(spec_fd, status_fd)
-        pid = os.fork()
+        spec = prepare(spec_fd, status_fd)
+        pid = fork(spec)
     except Exception as err:  # noqa: BLE001 - every failure must reach the status pipe
         fail(status_fd, err)
     if pid:
         report(status_fd, f'{{"pid": {pid}}}')
         os._exit(0)
     try:
-        setup_container(spec)
+        finish(spec)
     except Exception as err:  # noqa: BLE001 - every failure must reach the status pipe
         fail(status_fd, err)
+
+
+def fork(spec):
+    try:
+        return os.fork()
+    except OSError as err:
+        # A pid namespace whose PID 1 has exited accepts no new process.
+        exec_target = spec.get("target_pidfd")
+        if err.errno == ENOMEM and exec_target is not None and has_exited(exec_target):
+            raise not_running(spec["target_pid"]) from err
+        raise os_error("fork the container's process", err.errno) from err
 
 
 def setup_helper(spec_fd, status_fd):
@@ -187,7 +225,7 @@ def setup_container(spec):
     # Host files are picked up now, while the host tree is reachable, and
     # attached after pivot_root so that their container paths resolve inside
     # the rootfs (an image symlink cannot point them at the host).
-    bind_sources = clone_bind_sources(spec["bind_files"])
+    bind_sources = clone_bind_sources(spec["bind_files"], spec["init_path"])
 
     set_hostname(spec["hostname"])
 
@@ -208,15 +246,77 @@ def setup_container(spec):
 
     change_dir(spec["cwd"])
 
+    init = None if spec["init_path"] is None else INIT_TARGET
+    exec_command(spec["args"], spec["env"], init)
+
+
+def setup_exec_helper(spec_fd, status_fd):
+    """Read the spec and open PID 1's namespaces; join its pid namespace
+    for the children only, so the caller forks the exec'd process."""
+    os.set_inheritable(status_fd, False)
+
+    spec = read_spec(spec_fd)
+
+    os.set_inheritable(spec["target_pidfd"], False)
+
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+    namespaces = open_namespaces(spec["target_pid"], spec["target_pidfd"])
+
+    enter_namespace(namespaces.pop("pid"), "pid")
+    spec["namespaces"] = namespaces
+    return spec
+
+
+def setup_exec(spec):
+    """Run as the exec'd process, in the container's pid namespace; ends in
+    exec or raises."""
+    namespaces = spec["namespaces"]
+
+    os.setsid()
+
+    for procs in spec["cgroup_procs"]:
+        join_cgroup(procs)
+
+    # After the joins, so that the process sits at or below the cgroup
+    # namespace's root and its cgroups read as PID 1's do.
+    enter_namespace(namespaces["cgroup"], "cgroup")
+
+    enter_namespace(namespaces["ipc"], "ipc")
+
+    enter_namespace(namespaces["uts"], "uts")
+
+    enter_namespace(namespaces["net"], "net")
+
+    # Last: the host's cgroup files are out of reach after it.
+    enter_namespace(namespaces["mnt"], "mnt")
+
+    enter_root(namespaces["root"])
+
+    uid, gid, groups = resolve_user(spec["user"])
+
+    drop_privileges(uid, gid, groups)
+
+    change_dir(spec["cwd"])
+
     exec_command(spec["args"], spec["env"])
+
+
+MODES = {
+    "init": (setup_helper, setup_container),
+    "exec": (setup_exec_helper, setup_exec),
+}
 
 
 def parse_args(argv):
     try:
         options = dict(zip(argv[0::2], argv[1::2], strict=True))
-        return int(options["--spec-fd"]), int(options["--status-fd"])
+        mode = options["--mode"]
+        if mode not in MODES:
+            raise ValueError(mode)
+        return mode, int(options["--spec-fd"]), int(options["--status-fd"])
     except (ValueError, KeyError):
-        os.write(2, b"usage: _init.py --spec-fd N --status-fd M\n")
+        os.write(2, b"usage: _init.py --mode init|exec --spec-fd N --status-fd M\n")
         os._exit(EXIT_SETUP)
 
 
@@ -280,6 +380,65 @@ def join_cgroup(procs):
         raise os_error(f"join cgroup {procs}", err.errno) from err
     finally:
         os.close(fd)
+
+
+def open_namespaces(pid, pidfd):
+    """fds of PID 1's namespaces and of its root directory ("root"), by
+    name; refused once PID 1 has exited."""
+    namespaces = {}
+    for name in EXEC_NAMESPACES:
+        path = f"/proc/{pid}/ns/{name}"
+        try:
+            namespaces[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            # An exited process keeps no namespaces, even before it is reaped.
+            raise not_running(pid) from None
+        except OSError as err:
+            raise os_error(f"open {path}", err.errno) from err
+    namespaces["root"] = open_root(pid)
+    # Not exited now, so not reaped while the files were opened: they were
+    # PID 1's and no later holder's of the pid.
+    if has_exited(pidfd):
+        raise not_running(pid)
+    return namespaces
+
+
+def open_root(pid):
+    path = f"/proc/{pid}/root"
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise not_running(pid) from None
+    except OSError as err:
+        raise os_error(f"open the container's root {path}", err.errno) from err
+
+
+def enter_root(root_fd):
+    try:
+        os.fchdir(root_fd)
+        os.chroot(".")
+    except OSError as err:
+        raise os_error("enter the container's root directory", err.errno) from err
+    os.close(root_fd)
+
+
+def has_exited(pidfd):
+    # Imported here: only exec mode needs it, and init mode starts faster.
+    import select
+
+    readable, _, _ = select.select([pidfd], [], [], 0)
+    return bool(readable)
+
+
+def not_running(pid):
+    return SetupError(
+        f"container is not running: its PID 1 (host pid {pid}) has exited; "
+        "start the container, then exec again"
+    )
+
+
+def enter_namespace(fd, name):
+    check(_libc.setns(fd, 0), f"join the container's {name} namespace")
 
 
 def namespace_flags(network):
@@ -374,16 +533,26 @@ def mount_sys(root, network):
 
 def bind_host_sys(target):
     mount("/sys", target, None, MS_BIND | MS_REC)
-    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC, 0, 0, 0)
+    set_mount_attr(
+        AT_FDCWD,
+        encode(target),
+        AT_RECURSIVE,
+        MOUNT_ATTR_RO_NOSUID_NODEV_NOEXEC,
+        f"make {target} read-only",
+    )
+
+
+def set_mount_attr(dirfd, path, flags, attr_set, what):
+    attr = (ctypes.c_uint64 * 4)(attr_set, 0, 0, 0)
     result = syscall(
         SYS_MOUNT_SETATTR,
-        ctypes.c_int(AT_FDCWD),
-        encode(target),
-        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.c_int(dirfd),
+        path,
+        ctypes.c_uint(flags),
         attr,
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
-    check(result, f"make {target} read-only")
+    check(result, what)
 
 
 def mount_cgroups(target, cgroup_mounts):
@@ -453,19 +622,28 @@ def symlink(link, path):
         raise os_error(f"create symlink {path}", err.errno) from err
 
 
-def clone_bind_sources(bind_files):
-    """Detached bind mounts of the host files, by container path."""
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC
+def clone_bind_sources(bind_files, init_path):
+    """Detached bind mounts of the host files, by container path; the init
+    program's is read-only."""
     sources = {}
     for path, host_path in bind_files.items():
-        result = syscall(
-            SYS_OPEN_TREE,
-            ctypes.c_int(AT_FDCWD),
-            encode(host_path),
-            ctypes.c_uint(flags),
-        )
-        sources[path] = check(result, f"bind-mount {host_path} on {path}")
+        sources[path] = clone_tree(host_path, path)
+    if init_path is not None:
+        tree_fd = clone_tree(init_path, INIT_TARGET)
+        sources[INIT_TARGET] = tree_fd
+        what = f"make the init program {INIT_TARGET} read-only"
+        set_mount_attr(tree_fd, b"", AT_EMPTY_PATH, MOUNT_ATTR_RO_NOSUID_NODEV, what)
     return sources
+
+
+def clone_tree(host_path, path):
+    result = syscall(
+        SYS_OPEN_TREE,
+        ctypes.c_int(AT_FDCWD),
+        encode(host_path),
+        ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC),
+    )
+    return check(result, f"bind-mount {host_path} on {path}")
 
 
 def attach_bind_files(sources):
@@ -624,9 +802,13 @@ def change_dir(cwd):
         raise os_error(f"change to working directory {cwd}", err.errno) from err
 
 
-def exec_command(args, env):
+def exec_command(args, env, init=None):
     environment = dict(entry.split("=", 1) for entry in env)
     path = find_executable(args[0], environment.get("PATH", DEFAULT_PATH))
+    if init is not None:
+        # The init looks the command up again; looking it up here as well
+        # makes a missing one fail the start with the usual message.
+        path, args = init, [init, "--", *args]
 
     # Everything but 0, 1 and 2 closes at exec, the status pipe included.
     check(

@@ -737,8 +737,11 @@ class ImageStore:
 
     # --- load ---
 
-    def load(self, path: Path) -> list[Image]:
+    def load(self, path: Path, source: str | None = None) -> list[Image]:
         """Load every image in a docker-archive or OCI image-layout tarball.
+
+        source names the tarball in error messages (default: its path), for
+        callers that copied the user's upload to a file of their own.
 
         Returns the images in the archive, with their tags after the load.
         A tag that names another image moves to the loaded one. On any error
@@ -752,12 +755,12 @@ class ImageStore:
                 return self._load(Path(path), stage)
             except ImageError as err:
                 raise ImageError(
-                    f"cannot load {path}: {err}; nothing was loaded"
+                    f"cannot load {source or path}: {err}; nothing was loaded"
                 ) from err
             except OSError as err:
                 raise ImageError(
-                    f"cannot load {path}: {err.strerror or err} ({err.filename}); "
-                    "nothing was loaded"
+                    f"cannot load {source or path}: {err.strerror or err} "
+                    f"({err.filename}); nothing was loaded"
                 ) from err
             finally:
                 if stage is not None:

@@ -3,20 +3,23 @@
 The daemon never forks itself: it has threads, and a forked copy of a threaded
 process may deadlock before exec. spawn_init starts runtime/_init.py through
 subprocess (fork_exec); the helper unshares the namespaces, forks the
-container's PID 1 and exits. The caller must be a child subreaper (see
-runtime._sys.set_child_subreaper) so that PID 1 becomes its child.
+container's PID 1 and exits. spawn_exec starts the same helper to run one more
+command in a running container: it joins PID 1's namespaces and cgroups, forks
+the command's process and exits. The caller must be a child subreaper (see
+runtime._sys.set_child_subreaper) so that either process becomes its child.
 
 The spec travels as JSON in a memfd: written whole before the helper starts,
 it has no size limit and needs no writer thread, unlike a pipe. The helper
 reports on a status pipe, one JSON line per message:
 
-    {"pid": 4242}                                  PID 1 exists (host pid)
+    {"pid": 4242}                                  the process exists (host pid)
     {"error": "exec: ...", "exit_code": 127}       setup or exec failed
 
-EOF on the pipe means the helper has exited and PID 1 has exec'd or died. The
-two lines may come in either order; parse_status reads all of them.
-Reaping the helper (Popen.wait, immediate after EOF) guarantees that PID 1 has
-been reparented to the caller: only then can it be waited on through a pidfd.
+EOF on the pipe means the helper has exited and the process has exec'd or
+died. The two lines may come in either order; parse_status reads all of them.
+Reaping the helper (Popen.wait, immediate after EOF) guarantees that the
+process has been reparented to the caller: only then can it be waited on
+through a pidfd.
 """
 
 import dataclasses
@@ -35,9 +38,16 @@ INIT_HELPER = Path(__file__).with_name("_init.py")
 
 EXIT_SETUP = 125
 
+# Debian's tini package: a static build runs in any image, libc or not.
+DEFAULT_INIT_PATH = "/usr/bin/tini-static"
+
 
 class ProcessError(Exception):
     """The init helper could not be started or did not report in time."""
+
+
+class ContainerNotRunning(ProcessError):
+    """An exec targets a container whose PID 1 is gone."""
 
 
 @dataclass
@@ -57,12 +67,38 @@ class InitSpec:
     cgroup_procs: list[str] = field(default_factory=list)
     cgroup_mounts: list[tuple[str, str]] = field(default_factory=list)
     bind_files: dict[str, str] = field(default_factory=dict)
+    # A host program (see DEFAULT_INIT_PATH) bind-mounted read-only at
+    # /sbin/corral-init and run as PID 1 with ["--", *args], like Docker's
+    # --init: it forwards signals to the command and reaps orphans.
+    init_path: str | None = None
+
+
+@dataclass
+class ExecSpec:
+    """One more command to run in a running container, like docker exec.
+
+    The caller resolves what Docker resolves: env is the final environment
+    (the container's plus the exec's), cwd the exec's WorkingDir, else the
+    container's, else "/"; it must exist, nothing creates it. user is the
+    exec's User, else the container's ("" is root), in the forms of
+    InitSpec.user, looked up in the container's /etc/passwd and /etc/group.
+    cgroup_procs are the container's, as given to its InitSpec; without them
+    the process stays in the caller's cgroups.
+    """
+
+    target_pid: int  # host pid of the container's PID 1
+    args: list[str]
+    env: list[str]
+    cwd: str
+    user: str
+    cgroup_procs: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Spawned:
     """A started helper. After EOF on status_fd, helper.wait() returns at
-    once; PID 1 can be waited on through a pidfd only after that."""
+    once; the process it started (PID 1, or an exec'd process) can be waited
+    on through a pidfd only after that."""
 
     helper: subprocess.Popen
     status_fd: int  # read end of the status pipe, O_NONBLOCK | O_CLOEXEC
@@ -70,7 +106,7 @@ class Spawned:
 
 @dataclass
 class StartResult:
-    pid: int | None  # PID 1's host pid; it must be reaped even on error
+    pid: int | None  # the process's host pid; it must be reaped even on error
     error: str | None
     exit_code: int | None
 
@@ -88,22 +124,68 @@ def spawn_init(spec: InitSpec, stdout_fd: int, stderr_fd: int) -> Spawned:
     wait_started), then reaps the helper, then waits on PID 1.
     """
     validate_spec(spec)
+    _check_subreaper("start a container", "the container's PID 1")
+    return _spawn("init", dataclasses.asdict(spec), (), stdout_fd, stderr_fd)
+
+
+def spawn_exec(spec: ExecSpec, stdout_fd: int, stderr_fd: int) -> Spawned:
+    """Start the helper that runs spec in a running container.
+
+    The process joins the cgroups, the cgroup, ipc, uts, net, pid and mount
+    namespaces and the root directory of the container's PID 1, leads a
+    session (and process group) of its own, and is not PID 1: it dies when
+    the container's PID 1 does. Its stdin is /dev/null; there is no terminal.
+    It runs until it exits; a caller that enforces a timeout (a health probe)
+    sends SIGKILL through its pidfd, and may signal its process group with
+    os.killpg(pid, ...) to reach its descendants too, as long as it has not
+    reaped the process (until then the pid cannot name anything else).
+    Descendants that outlive it are adopted by the container's PID 1, which
+    reaps them only if it is an init (InitSpec.init_path).
+
+    Raises ContainerNotRunning if PID 1 is gone. If it has exited but is
+    not reaped yet, or exits before the process joins it, the status says
+    so instead, with the same message and exit code 125. The caller reads
+    status_fd to EOF, reaps the helper, then waits on the process, as for
+    spawn_init.
+    """
+    validate_exec_spec(spec)
+    _check_subreaper("exec in a container", "the exec'd process")
+    try:
+        target_pidfd = os.pidfd_open(spec.target_pid)
+    except ProcessLookupError as err:
+        raise ContainerNotRunning(
+            f"container is not running: its PID 1 (host pid {spec.target_pid}) "
+            "has exited; start the container, then exec again"
+        ) from err
+    message = dataclasses.asdict(spec) | {"target_pidfd": target_pidfd}
+    try:
+        return _spawn("exec", message, (target_pidfd,), stdout_fd, stderr_fd)
+    finally:
+        os.close(target_pidfd)
+
+
+def _check_subreaper(action: str, process: str) -> None:
     if not _sys.is_child_subreaper():
         raise ProcessError(
-            "cannot start a container: this process is not a child subreaper, "
-            "so the container's PID 1 could not be waited on; call "
+            f"cannot {action}: this process is not a child subreaper, so "
+            f"{process} could not be waited on; call "
             "runtime._sys.set_child_subreaper() at startup"
         )
-    spec_fd = _write_spec(spec)
+
+
+def _spawn(mode, message, pass_fds, stdout_fd, stderr_fd) -> Spawned:
+    spec_fd = _write_spec(message)
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
+    fds = (spec_fd, status_write, *pass_fds)
     try:
-        helper = _start_helper(spec_fd, status_write, stdout_fd, stderr_fd)
+        helper = _start_helper(mode, fds, stdout_fd, stderr_fd)
     except BaseException:
         os.close(status_read)
         raise
     finally:
         os.close(spec_fd)
-        # Only the helper and PID 1 may hold the write end, or EOF never comes.
+        # Only the helper and its child may hold the write end, or EOF never
+        # comes.
         os.close(status_write)
     os.set_blocking(status_read, False)
     return Spawned(helper=helper, status_fd=status_read)
@@ -133,11 +215,39 @@ def validate_spec(spec: InitSpec) -> None:
             raise ValueError(
                 f'cannot use "{path}" in an overlay mount: it holds "," or ":"'
             )
+    if spec.init_path is not None:
+        _validate_init_path(spec.init_path)
 
 
-def _write_spec(spec: InitSpec) -> int:
+def _validate_init_path(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f'invalid init program "{path}": must be an absolute path')
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise ValueError(
+            f"cannot use {path} as the container's init: not an executable file "
+            "on this host; install Debian's tini package (apt-get install tini)"
+        )
+
+
+def validate_exec_spec(spec: ExecSpec) -> None:
+    """Refuse what the helper could only fail on later, with a vaguer error."""
+    if spec.target_pid <= 0:
+        raise ValueError(f"invalid target pid {spec.target_pid}: must be positive")
+    if not spec.args:
+        raise ValueError("cannot exec in a container without a command")
+    for text in [*spec.args, *spec.env, spec.cwd, spec.user]:
+        if "\0" in text:
+            raise ValueError(f"invalid exec setting {text!r}: holds a NUL byte")
+    for entry in spec.env:
+        if "=" not in entry or entry.startswith("="):
+            raise ValueError(f'invalid environment entry "{entry}": want NAME=value')
+    if not spec.cwd.startswith("/"):
+        raise ValueError(f'invalid working directory "{spec.cwd}": must be absolute')
+
+
+def _write_spec(message: dict) -> int:
     spec_fd = os.memfd_create("corral-init-spec", os.MFD_CLOEXEC)
-    data = json.dumps(dataclasses.asdict(spec)).encode()
+    data = json.dumps(message).encode()
     try:
         written = 0
         while written < len(data):
@@ -148,12 +258,15 @@ def _write_spec(spec: InitSpec) -> int:
     return spec_fd
 
 
-def _start_helper(spec_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int):
+def _start_helper(mode: str, fds: tuple, stdout_fd: int, stderr_fd: int):
+    spec_fd, status_fd, *_ = fds
     argv = [
         sys.executable,
         "-I",
         "-S",
         str(INIT_HELPER),
+        "--mode",
+        mode,
         "--spec-fd",
         str(spec_fd),
         "--status-fd",
@@ -162,7 +275,7 @@ def _start_helper(spec_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int):
     try:
         return subprocess.Popen(
             argv,
-            pass_fds=(spec_fd, status_fd),
+            pass_fds=fds,
             close_fds=True,
             stdin=subprocess.DEVNULL,
             stdout=stdout_fd,

@@ -184,7 +184,7 @@ class Api:
         until = _time_param(request, "until")
         filters = _filters(request)
         bus = self.engine.events
-        receive = bus.subscribe()
+        sub = bus.subscribe()
         replay = [e for e in bus.history if since is not None and e["timeNano"] >= since]
 
         async def chunks():
@@ -197,13 +197,15 @@ class Api:
                 if until is not None and until <= time.time_ns():
                     return
                 with trio.move_on_at(_deadline(until)):
-                    async for event in receive:
+                    async for event in sub.receive:
                         if since is not None and event["timeNano"] < since:
                             continue
                         if _event_matches(event, filters):
                             yield json.dumps(event).encode() + b"\n"
+                if sub.overflowed:
+                    yield json.dumps(sub.final_error()).encode() + b"\n"
             finally:
-                bus.unsubscribe(receive)
+                bus.unsubscribe(sub)
 
         return StreamResponse(chunks())
 
@@ -422,7 +424,9 @@ class Api:
                 async for chunk in request.iter_body():
                     await trio.to_thread.run_sync(out.write, chunk)
             try:
-                images = await trio.to_thread.run_sync(self.engine.images.load, path)
+                images = await trio.to_thread.run_sync(
+                    self.engine.images.load, path, "the uploaded image tarball"
+                )
             except rt_images.ImageError as err:
                 raise BadParameter(str(err)) from None
         finally:

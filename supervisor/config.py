@@ -21,6 +21,8 @@ class DaemonConfig:
     log_level: str = "info"
     cgroup_parent: str = "corral"
     socket_group: str = "corral"
+    # The init that --init runs as PID 1 (Debian's tini package ships it).
+    init_path: Path = Path("/usr/bin/tini-static")
 
 
 def load_config(flags: dict, environ=os.environ) -> DaemonConfig:
@@ -61,6 +63,7 @@ def _build(values: dict) -> DaemonConfig:
     config = DaemonConfig(**values)
     config.socket = Path(config.socket)
     config.root = Path(config.root)
+    config.init_path = Path(config.init_path)
     config.log_level = str(config.log_level).lower()
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(

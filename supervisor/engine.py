@@ -204,6 +204,12 @@ class Engine:
             raise BadParameter("no image given: set Image in the request body")
         image = self._image(image_ref)
         spec = validation.build_spec(body, name or "", image.config, self.host_cpus)
+        if spec.host_config.get("Init") and not self.config.init_path.is_file():
+            raise BadParameter(
+                f"--init needs an init program at {self.config.init_path}, which is "
+                "missing: install Debian's tini package, or set init_path in "
+                "corrald's config"
+            )
         name = name or self._generate_name()
         self._check_name_free(name)
         container_id = secrets.token_hex(32)
@@ -353,7 +359,7 @@ class Engine:
             raise ServerError(f"cannot start container {container.name}: {err}") from err
         spec = rt_process.InitSpec(
             args=[record["Path"], *record["Args"]],
-            env=record["Config"]["Env"],
+            env=_with_hostname(record["Config"]["Env"], record["Config"]["Hostname"]),
             cwd=record["Config"]["WorkingDir"] or "/",
             user=record["Config"]["User"],
             hostname=record["Config"]["Hostname"],
@@ -364,6 +370,8 @@ class Engine:
             rootfs_target=str(directory / "rootfs"),
             cgroup_procs=[str(p) for p in cgroup.procs_files()],
             cgroup_mounts=cgroup.mounts_in_container(),
+            init_path=str(self.config.init_path) if record["HostConfig"].get("Init")
+            else None,
             bind_files={
                 "/etc/hostname": record["HostnamePath"],
                 "/etc/hosts": record["HostsPath"],
@@ -843,6 +851,13 @@ class Engine:
     def _save(self, container: Container) -> None:
         if container.id in self.containers:
             self.store.save_container(container.record)
+
+
+def _with_hostname(env: list[str], hostname: str) -> list[str]:
+    """Docker sets HOSTNAME for the container unless the user did."""
+    if any(item.startswith("HOSTNAME=") for item in env):
+        return env
+    return [*env, f"HOSTNAME={hostname}"]
 
 
 def _restart_view(state) -> dict:

@@ -1,8 +1,9 @@
 """The daemon's event stream, shaped as Docker's /events messages.
 
-Subscribers get a bounded memory channel; one that falls behind loses events
-(counted) rather than slowing the daemon. A short history lets `since`
-replay what happened just before a client subscribed.
+Subscribers get a bounded memory channel. One that falls behind is cut off,
+never waited for: its channel is closed and its stream ends with a final
+error message, so the daemon never slows down for a slow reader. A short
+history lets `since` replay what happened just before a client subscribed.
 """
 
 import collections
@@ -41,20 +42,46 @@ class EventBus:
             "timeNano": now_ns,
         }
         self.history.append(event)
-        for channel in list(self._subscribers):
+        for sub in list(self._subscribers):
             try:
-                channel.send_nowait(event)
+                sub.send.send_nowait(event)
             except trio.WouldBlock:
                 self.dropped += 1
-                log.warning("event_dropped", action=action, reason="slow subscriber")
-            except trio.BrokenResourceError:
-                self._subscribers.discard(channel)
+                sub.overflowed = True
+                sub.send.close()
+                self._subscribers.discard(sub)
+                log.warning("event_subscriber_dropped", reason="fell behind",
+                            buffer=SUBSCRIBER_BUFFER)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(sub)
         return event
 
-    def subscribe(self) -> trio.MemoryReceiveChannel:
+    def subscribe(self) -> "Subscription":
         send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER)
-        self._subscribers.add(send)
-        return receive
+        sub = Subscription(send, receive)
+        self._subscribers.add(sub)
+        return sub
 
-    def unsubscribe(self, receive: trio.MemoryReceiveChannel) -> None:
-        receive.close()
+    def unsubscribe(self, sub: "Subscription") -> None:
+        self._subscribers.discard(sub)
+        sub.receive.close()
+
+
+class Subscription:
+    def __init__(self, send, receive):
+        self.send = send
+        self.receive = receive
+        self.overflowed = False
+
+    def final_error(self) -> dict:
+        return {
+            "status": "error",
+            "Type": "daemon",
+            "Action": "error",
+            "Actor": {"ID": "", "Attributes": {}},
+            "scope": "local",
+            "message": f"this events stream fell more than {SUBSCRIBER_BUFFER} events "
+            "behind and was closed; reconnect with since= to catch up",
+            "time": time.time_ns() // 1_000_000_000,
+            "timeNano": time.time_ns(),
+        }

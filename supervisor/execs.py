@@ -179,6 +179,7 @@ async def _watch(inst, pid, out_r, err_r, output, timeout_s) -> int:
             if scope.cancelled_caught:
                 inst.error = f"timed out after {timeout_s:g} s"
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                _kill_group(pid)
                 await trio.lowlevel.wait_readable(pidfd)
             status = rt_process.exit_status(pidfd)
             # Children of the exec'd command may hold the pipes open; they
@@ -188,6 +189,16 @@ async def _watch(inst, pid, out_r, err_r, output, timeout_s) -> int:
         os.close(pidfd)
     inst.exit_code = status.exit_code
     return inst.exit_code
+
+
+def _kill_group(pid: int) -> None:
+    # The exec'd command leads its own process group; its children (a shell
+    # probe's, say) go with it. The leader is our unreaped child, so its
+    # group id cannot have been reused.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def _pump(fd: int, stream: str, output: Output | None) -> None:

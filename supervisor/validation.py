@@ -229,6 +229,7 @@ def _check_host_config(host: dict, host_cpus: int) -> dict:
         "RestartPolicy": restart,
         "CorralHealthOnFailure": on_failure,
         "AutoRemove": bool(host.get("AutoRemove")),
+        "Init": bool(host.get("Init")),
         "Memory": memory,
         "MemorySwap": swap,
         "NanoCpus": nano_cpus,

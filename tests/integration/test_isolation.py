@@ -9,33 +9,30 @@ import dataclasses
 import json
 import os
 import secrets
-import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from runtime import _sys
-from runtime.process import (
-    ExitStatus,
-    InitSpec,
-    StartResult,
-    exit_status,
-    spawn_init,
-    wait_started,
+from rootfs import (
+    BUSYBOX,
+    CGROUP_ROOT,
+    PATH,
+    TIMEOUT_S,
+    Container,
+    build_busybox_layer,
+    make_cgroups,
+    remove_cgroup,
+    unique_cgroup_parent,
+    wait_for_output,
 )
 
-BUSYBOX = Path("/bin/busybox")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-TIMEOUT_S = 15
-PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+from runtime import _sys
+from runtime.process import ExitStatus, StartResult
 
 pytestmark = [
     pytest.mark.root,
@@ -48,80 +45,6 @@ pytestmark = [
 ]
 
 
-@dataclass
-class Run:
-    start: StartResult
-    exit: ExitStatus
-    stdout: str
-    stderr: str
-
-
-class Container:
-    """One container's dirs, and helpers to start and wait for it."""
-
-    def __init__(self, base: Path, lower: list[Path]):
-        self.base = base
-        self.lower = lower
-        base.mkdir()
-        self.upper = base / "upper"
-        self.rootfs = base / "rootfs"
-        for path in (self.upper, base / "work", self.rootfs):
-            path.mkdir()
-        self.pidfds: list[int] = []
-
-    def spec(self, args: list[str], **overrides) -> InitSpec:
-        fields = {
-            "args": args,
-            "env": [f"PATH={PATH}"],
-            "cwd": "/",
-            "user": "",
-            "hostname": "probe",
-            "network": "none",
-            "rootfs_lower": [str(path) for path in self.lower],
-            "rootfs_upper": str(self.upper),
-            "rootfs_work": str(self.base / "work"),
-            "rootfs_target": str(self.rootfs),
-        }
-        return InitSpec(**(fields | overrides))
-
-    def start(self, spec: InitSpec) -> tuple[StartResult, int | None]:
-        stdout_path, stderr_path = self.base / "stdout", self.base / "stderr"
-        with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
-            spawned = spawn_init(spec, out.fileno(), err.fileno())
-        result = wait_started(spawned, TIMEOUT_S)
-        if result.pid is None:
-            return result, None
-        pidfd = os.pidfd_open(result.pid)
-        self.pidfds.append(pidfd)
-        return result, pidfd
-
-    def wait(self, pidfd: int) -> ExitStatus:
-        readable, _, _ = select.select([pidfd], [], [], TIMEOUT_S)
-        assert readable, f"the container did not exit within {TIMEOUT_S} s"
-        status = exit_status(pidfd)
-        self.pidfds.remove(pidfd)
-        os.close(pidfd)
-        return status
-
-    def run(self, args: list[str], **overrides) -> Run:
-        result, pidfd = self.start(self.spec(args, **overrides))
-        assert pidfd is not None, f"no PID 1 was created: {result}"
-        status = self.wait(pidfd)
-        return Run(
-            start=result,
-            exit=status,
-            stdout=(self.base / "stdout").read_text(),
-            stderr=(self.base / "stderr").read_text(),
-        )
-
-    def kill_leftovers(self) -> None:
-        for pidfd in self.pidfds:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], TIMEOUT_S)
-            exit_status(pidfd)
-            os.close(pidfd)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> None:
     _sys.set_child_subreaper()
@@ -129,27 +52,7 @@ def subreaper() -> None:
 
 @pytest.fixture(scope="module")
 def lower(tmp_path_factory) -> Path:
-    """A busybox rootfs: /bin applets, root and nobody, and a few files."""
-    layer = tmp_path_factory.mktemp("busybox-layer")
-    (layer / "bin").mkdir()
-    (layer / "etc").mkdir()
-    (layer / "tmp").mkdir(mode=0o1777)
-    (layer / "bin" / "busybox").write_bytes(BUSYBOX.read_bytes())
-    (layer / "bin" / "busybox").chmod(0o755)
-    for applet in applets():
-        (layer / "bin" / applet).symlink_to("busybox")
-    (layer / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-    )
-    (layer / "etc" / "group").write_text("root:x:0:\nnobody:x:65534:\n")
-    (layer / "etc" / "motd").write_text("from the image\n")
-    return layer
-
-
-def applets() -> list[str]:
-    with os.popen(f"{BUSYBOX} --list") as listing:
-        return [name for name in listing.read().split() if name != "busybox"]
+    return build_busybox_layer(tmp_path_factory.mktemp("busybox-layer"))
 
 
 @pytest.fixture
@@ -219,12 +122,28 @@ print(process.wait_started(process.spawn_init(spec, 1, 2), 10).error)
 """
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def user_namespaces_refused() -> str | None:
+    """Why `unshare --user` cannot run here, or None if it can."""
+    if shutil.which("unshare") is None:
+        return "needs util-linux unshare"
+    result = subprocess.run(
+        ["unshare", "--user", "true"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        # The kernel refuses a user namespace to a chrooted process, as the
+        # tests run in tests/v2's guest.
+        return f"needs a user namespace; unshare --user: {result.stderr.strip()}"
+    return None
+
+
 def test_network_host_binds_the_hosts_sys_when_sysfs_is_refused(box):
     # In a user namespace, sysfs refuses a mount for the host's network
     # namespace (owned by the initial one), as for a corrald run inside a
     # container; /dev nodes cannot be created there, so setup stops at /dev,
     # past the /sys step.
+    refusal = user_namespaces_refused()
+    if refusal is not None:
+        pytest.skip(refusal)
     spec = box.spec(["true"], network="host")
     spec_json = json.dumps(dataclasses.asdict(spec))
     probe = [sys.executable, "-c", USERNS_PROBE, spec_json]
@@ -397,10 +316,13 @@ def test_network_none_has_only_lo_and_it_is_up(box):
 
 
 def test_network_host_sees_the_hosts_interfaces(box):
-    run = box.run(["ls", "/sys/class/net"], network="host")
+    run = box.run(
+        ["sh", "-c", "readlink /proc/self/ns/net; ls /sys/class/net"], network="host"
+    )
 
-    assert run.stdout.split() == sorted(os.listdir("/sys/class/net"))
-    assert len(run.stdout.split()) > 1
+    namespace, *interfaces = run.stdout.split()
+    assert namespace == os.readlink("/proc/self/ns/net")
+    assert interfaces == sorted(os.listdir("/sys/class/net"))
 
 
 def test_no_daemon_descriptor_leaks_into_the_container(box):
@@ -584,19 +506,6 @@ def owned_cgroups():
         remove_cgroup(leaf.parent)
 
 
-def remove_cgroup(path: Path) -> None:
-    # A reaped container's cgroup can stay busy for a moment.
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            path.rmdir()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def test_cgroup_namespace_roots_the_containers_cgroups_on_hybrid(owned_cgroups, box):
     memory, unified = owned_cgroups
     probe = """
@@ -619,7 +528,7 @@ def test_cgroup_namespace_roots_the_containers_cgroups_on_hybrid(owned_cgroups, 
         cgroup_mounts=[("cgroup", "memory"), ("cgroup2", "unified")],
     )
     result, pidfd = box.start(spec)
-    output = wait_for_output(box, "--\n", count=5)
+    output = wait_for_output(box.base / "stdout", "--\n", count=5)
     host_procs = [(leaf / "cgroup.procs").read_text().split() for leaf in owned_cgroups]
     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     box.wait(pidfd)
@@ -638,8 +547,22 @@ def test_cgroup_namespace_roots_the_containers_cgroups_on_hybrid(owned_cgroups, 
     ]
 
 
-def test_cgroup2_alone_is_mounted_at_sys_fs_cgroup(owned_cgroups, box):
-    _, unified = owned_cgroups
+@pytest.fixture
+def unified_cgroup():
+    """c1 under a test-owned parent in the cgroup2 tree: the unified one on
+    hybrid hosts, the only one on pure v2 hosts. Request it before box."""
+    try:
+        leaves, _ = make_cgroups(unique_cgroup_parent())
+    except LookupError as err:
+        pytest.skip(str(err))
+    yield leaves[-1]
+    for leaf in leaves:
+        remove_cgroup(leaf)
+        remove_cgroup(leaf.parent)
+
+
+def test_cgroup2_alone_is_mounted_at_sys_fs_cgroup(unified_cgroup, box):
+    unified = unified_cgroup
     probe = """
         grep '^0::' /proc/self/cgroup
         echo --
@@ -661,16 +584,6 @@ def test_cgroup2_alone_is_mounted_at_sys_fs_cgroup(owned_cgroups, box):
     mount, mkdir = rest.splitlines()
     assert mount == "/ /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime cgroup2"
     assert "Read-only file system" in mkdir
-
-
-def wait_for_output(box: Container, marker: str, count: int) -> str:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        output = (box.base / "stdout").read_text()
-        if output.count(marker) >= count:
-            return output
-        time.sleep(0.02)
-    raise AssertionError(f"the probe printed {output!r} within {TIMEOUT_S} s")
 
 
 def memory_id() -> str:
