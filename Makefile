@@ -23,7 +23,8 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m compileall -q supervisor runtime metrics >/dev/null
 	touch $@
 
 venv: $(VENV)/.installed

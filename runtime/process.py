@@ -34,7 +34,7 @@ from pathlib import Path
 
 from runtime import _sys
 
-INIT_HELPER = Path(__file__).with_name("_init.py")
+INIT_HELPER = Path(__file__).with_name("_init_entry.py")
 
 EXIT_SETUP = 125
 

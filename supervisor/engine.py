@@ -686,7 +686,7 @@ class Engine:
         A manual stop is remembered by the restart policy; the daemon's own
         stops at shutdown are not manual.
         """
-        run = container.run
+        run = await self._settled_run(container)
         if run is None:
             if self._cancel_pending_restart(container):
                 self._set_restart_state(
@@ -712,6 +712,18 @@ class Engine:
             await run.exited.wait()
         self.events.publish("stop", container.id, container.attributes())
         log.info("container_stopped", container=container.id)
+
+    async def _settled_run(self, container: Container) -> Run | None:
+        """The current run, once a start that is launching one has finished.
+
+        A start (manual, automatic after the backoff, or on daemon start)
+        holds the lock while it launches. A stop or rm arriving then must
+        act on the new run, not find none and let it run on unstopped.
+        """
+        if container.run is None and container.lock.locked():
+            async with container.lock:
+                pass
+        return container.run
 
     async def kill(self, container: Container, signal_value) -> None:
         sig = validation.parse_signal(signal_value or "SIGKILL")
@@ -739,6 +751,7 @@ class Engine:
     # ---- remove and wait -------------------------------------------------------
 
     async def remove(self, container: Container, force: bool) -> None:
+        await self._settled_run(container)
         if container.removing:
             raise Conflict(f"removal of container {container.name} is already in progress")
         if container.running and not force:

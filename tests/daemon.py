@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.client import Client, ClientError, _UnixConnection, read_frames
+from supervisor.client import Client, ClientError, read_frames
 
 BIN_DIR = Path(sys.executable).parent
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """The standard library's HTTP client over a unix socket: an independent
+    client for raw requests, so tests do not judge corral's API with corral's
+    own client."""
+
+    def __init__(self, path: str, timeout: float | None):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.timeout is not None:
+            sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -133,6 +151,15 @@ class Daemon:
     def inspect(self, ref: str) -> dict:
         return self.api("GET", f"/containers/{ref}/json")
 
+    def events(self, since_ns: int, until_ns: int | None = None, **filters) -> list[dict]:
+        """GET /events from since_ns to until_ns (default: now), oldest first;
+        filters as the API takes them, e.g. container=[name]."""
+        query = {"since": unix_stamp(since_ns),
+                 "until": unix_stamp(until_ns or time.time_ns())}
+        if filters:
+            query["filters"] = json.dumps(filters)
+        return events_json(self.client.open("GET", "/events", query).read().decode())
+
     def load(self, tarball: Path) -> str:
         with open(tarball, "rb") as f:
             response = self.client.open("POST", "/images/load", body=f,
@@ -179,6 +206,23 @@ def wait_until(condition, timeout_s: float = 10, interval_s: float = 0.05,
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} did not hold within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def holds_for(condition, duration_s: float, interval_s: float = 0.1,
+              message: str = "condition") -> None:
+    """Poll condition() for duration_s; fail as soon as it is false."""
+    deadline = time.monotonic() + duration_s
+    while True:
+        value = condition()
+        assert value, f"{message} stopped holding ({value!r})"
+        if time.monotonic() > deadline:
+            return
+        time.sleep(interval_s)
+
+
+def unix_stamp(ns: int) -> str:
+    """Docker's "seconds.nanoseconds" form of a time in ns."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
 @contextlib.contextmanager
