@@ -24,6 +24,7 @@ log = structlog.get_logger()
 
 RECEIVE_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ClientGone(Exception):
@@ -52,8 +53,19 @@ class Request:
             else:
                 raise ClientGone("connection closed while reading the request body")
 
-    async def body(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_body()])
+    async def body(self, max_bytes: int = MAX_JSON_BODY_BYTES) -> bytes:
+        chunks, size = [], 0
+        async for chunk in self.iter_body():
+            size += len(chunk)
+            if size > max_bytes:
+                from .errors import BadParameter
+
+                raise BadParameter(
+                    f"request body is larger than {max_bytes >> 20} MiB; corral "
+                    "refuses bodies that big outside image loads"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def json(self):
         raw = await self.body()
