@@ -183,6 +183,7 @@ class Api:
         since = _time_param(request, "since")
         until = _time_param(request, "until")
         filters = _filters(request)
+        _check_event_filters(filters)
         bus = self.engine.events
         sub = bus.subscribe()
         replay = [e for e in bus.history if since is not None and e["timeNano"] >= since]
@@ -590,6 +591,20 @@ def _container_matches(container: Container, filters: dict, engine: Engine) -> b
 def _label_matches(labels: dict, wanted: str) -> bool:
     key, sep, value = wanted.partition("=")
     return key in labels and (not sep or labels[key] == value)
+
+
+_EVENT_FILTERS = ("type", "event", "container", "image", "label")
+
+
+def _check_event_filters(filters: dict) -> None:
+    """Refuse bad filters before the stream starts: later, an error can
+    only cut the stream off."""
+    unknown = set(filters) - set(_EVENT_FILTERS)
+    if unknown:
+        raise BadParameter(
+            f"invalid filter {min(unknown)!r}: corral filters events by "
+            + ", ".join(_EVENT_FILTERS)
+        )
 
 
 def _event_matches(event: dict, filters: dict) -> bool:

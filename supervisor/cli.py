@@ -557,7 +557,10 @@ def _render(template: str, doc) -> str:
             return "<no value>"
         return json.dumps(current) if isinstance(current, (dict, list)) else str(current)
 
-    return _TEMPLATE_FIELD.sub(value, template).encode().decode("unicode_escape")
+    # \t and \n are the template's own escapes, as in docker's formats; the
+    # values are printed as they are, so {{json ...}} stays valid JSON.
+    template = template.replace("\\t", "\t").replace("\\n", "\n")
+    return _TEMPLATE_FIELD.sub(value, template)
 
 
 def _field(doc, name: str):

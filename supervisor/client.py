@@ -84,7 +84,12 @@ def _send_body(conn, sock: socket.socket, body) -> None:
     else:
         while chunk := body.read(RECEIVE_BYTES):
             sock.sendall(conn.send(h11.Data(data=chunk)))
-    sock.sendall(conn.send(h11.EndOfMessage()))
+    end = conn.send(h11.EndOfMessage())
+    # Empty unless the body is chunked. Sending nothing at all matters: a
+    # server that answered a bodiless request may have closed already, and
+    # a zero-byte send to a closed socket fails with EPIPE.
+    if end:
+        sock.sendall(end)
 
 
 def socket_path(host: str | None) -> str:

@@ -40,8 +40,8 @@ are corral's additions):
   even after a manual stop (Docker's documented rule); ``unless-stopped``
   starts unless manually stopped; ``on-failure`` starts only after a failed
   exit, when not manually stopped and retries remain; ``no`` never starts.
-  Docker treats that start like a manual one and resets the restart state;
-  callers should do the same with ``manual_start``.
+  corrald keeps the restart count intact across that start (Docker's
+  daemon resets it); ``manual_start`` is for starts the user asks for.
 
 Times in the state (``restarts_at_s``, ``next_restart_at_s``,
 ``gave_up_at_s``) are on the caller's clock. A caller that persists the state
