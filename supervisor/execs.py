@@ -98,7 +98,7 @@ def new_exec(container: Container, body: dict) -> ExecInstance:
         id=secrets.token_hex(32),
         container=container,
         args=cmd,
-        env=_merge_env(config["Env"] + [f"HOSTNAME={config['Hostname']}"], env),
+        env=_merge_env([f"HOSTNAME={config['Hostname']}", *config["Env"]], env),
         cwd=body.get("WorkingDir") or config["WorkingDir"] or "/",
         user=body.get("User") or config["User"] or "",
         attach_stdout=bool(body.get("AttachStdout", True)),
