@@ -90,6 +90,7 @@ import os
 import platform
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -287,7 +288,7 @@ def run_timed(argv: list[str], env: dict | None = None) -> CliResult:
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env
         )
         try:
-            code = proc.wait(CLI_TIMEOUT_S)
+            code = wait_exit(proc, CLI_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -299,6 +300,19 @@ def run_timed(argv: list[str], env: dict | None = None) -> CliResult:
     if code != 0:
         raise BenchError(f"{shlex.join(argv)} exited {code}: {stderr.strip()}")
     return CliResult(started, wall, stdout)
+
+
+def wait_exit(proc: subprocess.Popen, timeout_s: float) -> int:
+    """Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
+    round every timing up to that grain; a pidfd wakes the moment it exits."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout_s)
+    return proc.wait()
 
 
 def run_quiet(argv: list[str], env: dict | None = None, check=True) -> str:
