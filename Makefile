@@ -72,7 +72,8 @@ test: deps venv image
 	tests/v2/run.sh
 
 bench: deps venv image
-	$(PY) tests/bench/bench_run.py
+	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_run.py
+	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_supervision.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)
