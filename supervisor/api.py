@@ -15,7 +15,6 @@ from pathlib import Path
 
 import structlog
 import trio
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from metrics.collector import ContainerCollector
@@ -25,8 +24,8 @@ from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
 from .errors import ApiError, BadParameter, Conflict, NotFound
-from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .logs import Follower, parse_time_ns, read_entries
+from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .status import human_status
 
 log = structlog.get_logger()
@@ -560,7 +559,7 @@ def _check_container_filters(filters: dict) -> None:
     unknown = set(filters) - set(_CONTAINER_FILTERS)
     if unknown:
         raise BadParameter(
-            f"invalid filter {sorted(unknown)[0]!r}: corral filters containers by "
+            f"invalid filter {min(unknown)!r}: corral filters containers by "
             + ", ".join(_CONTAINER_FILTERS)
         )
     for pattern in filters.get("name", []):

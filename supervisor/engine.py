@@ -18,18 +18,24 @@ from pathlib import Path
 import structlog
 import trio
 
+from metrics.collector import Target
 from runtime import cgroups as rt_cgroups
 from runtime import images as rt_images
 from runtime import process as rt_process
-from metrics.collector import Target
 
 from . import execs, health, names, policy, validation
+from ._procs import read_to_eof, reap, wait_process
 from .config import DaemonConfig
 from .container import ZERO_TIME, Container, Run, new_state, now_rfc3339
-from .errors import BadParameter, Conflict, NotFound, NotModified, ServerError
-from .errors import no_such_container
+from .errors import (
+    BadParameter,
+    Conflict,
+    NotFound,
+    NotModified,
+    ServerError,
+    no_such_container,
+)
 from .events import EventBus
-from ._procs import read_to_eof, reap, wait_process
 from .logs import LineSplitter, LogWriter, parse_time_ns
 from .store import Store
 
