@@ -6,7 +6,8 @@ Run by runtime/process.py as
     python -I -S _init.py --mode init|exec --spec-fd N --status-fd M
 
 with the spec as one JSON object in a memfd (fd N, read with pread from offset
-0) and the write end of the status pipe (fd M). The helper prints one JSON line
+0) and the write end of the status pipe (fd M), or forked with the same fds by
+the helper server (see "Server mode" below). The helper prints one JSON line
 per message to the status pipe: {"pid": P} once the process exists (P is its
 pid on the host: PID 1 of a new container, or the exec'd process), and
 {"error": "...", "exit_code": C} when setup or exec fails, after which the
@@ -42,6 +43,28 @@ instead of creating them:
   there), so the process then moves to PID 1's root, opened beforehand from
   /proc/PID/root. The host's files (the cgroups' procs files among them) are
   out of reach after it.
+
+Server mode (--mode server --socket-fd N) saves the interpreter's start and
+imports on every container start and exec: the process starts once, imports
+everything a helper needs, and forks one helper per request read from fd N, a
+SOCK_SEQPACKET socket whose other end the daemon holds:
+- A request is one message: JSON {"mode": "init"|"exec", "fds": [S, T, ...]}
+  and, through SCM_RIGHTS, the helper's stdout, stderr, spec memfd, status
+  pipe and any further fds. The helper gets them at 1, 2 and at the numbers
+  the daemon gave (S is the spec fd, T the status fd; a target_pidfd in the
+  spec names its own number), /dev/null at 0, and no other fd: the server's
+  socket never reaches a container. The reply is {"pid": P} or {"error": E}.
+- The server forks a short-lived child that forks the helper, passes its pid
+  back through a pipe and exits. The helper, orphaned, goes to the nearest
+  child subreaper among its ancestors, the daemon (the server is not one), so
+  the daemon waits on it and on the process it forks as when it starts the
+  helper itself. The server reaps its child before it replies: once the reply
+  is read, the helper is the daemon's child.
+- The helper leads a session of its own, as under subprocess's
+  start_new_session, and runs exactly the code of the other modes; it inherits
+  the server's state, which the server took from the daemon when it started
+  (cgroups, limits, signal dispositions; the helper resets the signal mask).
+- The server exits when the daemon's end of the socket closes.
 """
 
 import _json
@@ -156,7 +179,13 @@ class _JsonContext:
 
 
 def main(argv):
-    mode, spec_fd, status_fd = parse_args(argv)
+    mode, *fds = parse_args(argv)
+    if mode == "server":
+        serve(*fds)
+    run_helper(mode, *fds)
+
+
+def run_helper(mode, spec_fd, status_fd):
     prepare, finish = MODES[mode]
     try:
         spec = prepare(spec_fd, status_fd)
@@ -306,17 +335,25 @@ MODES = {
     "init": (setup_helper, setup_container),
     "exec": (setup_exec_helper, setup_exec),
 }
+MODE_FDS = {
+    "init": ("--spec-fd", "--status-fd"),
+    "exec": ("--spec-fd", "--status-fd"),
+    "server": ("--socket-fd",),
+}
+USAGE = (
+    b"usage: _init.py --mode init|exec --spec-fd N --status-fd M\n"
+    b"       _init.py --mode server --socket-fd N\n"
+)
 
 
 def parse_args(argv):
+    """(mode, fd, ...): the spec and status fds, or the server's socket fd."""
     try:
         options = dict(zip(argv[0::2], argv[1::2], strict=True))
-        mode = options["--mode"]
-        if mode not in MODES:
-            raise ValueError(mode)
-        return mode, int(options["--spec-fd"]), int(options["--status-fd"])
+        names = MODE_FDS[options["--mode"]]
+        return options["--mode"], *(int(options[name]) for name in names)
     except (ValueError, KeyError):
-        os.write(2, b"usage: _init.py --mode init|exec --spec-fd N --status-fd M\n")
+        os.write(2, USAGE)
         os._exit(EXIT_SETUP)
 
 
@@ -860,6 +897,170 @@ def executable_problem(path):
 
 def exec_error(name, reason, code):
     return SetupError(f'exec: "{name}": {reason[:1].lower()}{reason[1:]}', code)
+
+
+# ---- server mode ------------------------------------------------------------
+
+REQUEST_MAX_BYTES = 4096
+REQUEST_MAX_FDS = 8
+
+
+def serve(socket_fd):
+    """Fork a helper for each request until the daemon closes its end."""
+    # Imported once here, not in each helper: exec mode needs select and a
+    # container without a network fcntl; the server needs the others.
+    import fcntl  # noqa: F401
+    import gc
+    import select  # noqa: F401
+    import socket
+
+    sock = socket.socket(fileno=socket_fd)
+    # The objects that exist now are never collected, so neither the server
+    # nor a helper writes to their pages and the two share them longer.
+    gc.freeze()
+    while True:
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                sock, REQUEST_MAX_BYTES, REQUEST_MAX_FDS
+            )
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            os._exit(0)
+        try:
+            reply = handle_request(data, fds, flags & socket.MSG_CTRUNC)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            sock.send(reply)
+        except OSError:
+            # The daemon is gone; so is whoever would read the next request.
+            os._exit(0)
+
+
+def handle_request(data, fds, truncated):
+    """The reply to one request: the pid of the helper forked for it, or
+    why there is none."""
+    try:
+        mode, wanted, spec_fd, status_fd = parse_request(data, fds, truncated)
+        pid = fork_detached(mode, wanted, spec_fd, status_fd)
+    except SetupError as err:
+        message = _json.encode_basestring_ascii(str(err)[:2000])
+        return f'{{"error": {message}}}'.encode()
+    return b'{"pid": %d}' % pid
+
+
+def parse_request(data, fds, truncated):
+    """The mode, the fds by the number each gets in the helper, and the
+    spec and status fds' numbers."""
+    import json
+
+    try:
+        request = json.loads(data)
+        mode, numbers = request["mode"], request["fds"]
+        if mode not in MODES or truncated or len(fds) != len(numbers) + 2:
+            raise ValueError(mode)
+        if len(numbers) < 2 or len(set(numbers)) != len(numbers):
+            raise ValueError(numbers)
+        if not all(type(number) is int and number > 2 for number in numbers):
+            raise ValueError(numbers)
+    except (ValueError, KeyError, TypeError):
+        raise SetupError(
+            f"the helper server got a malformed request: {data[:200]!r} "
+            f"with {len(fds)} fds; check that corrald and the helper come "
+            "from one corral installation"
+        ) from None
+    wanted = {1: fds[0], 2: fds[1], **dict(zip(numbers, fds[2:], strict=True))}
+    return mode, wanted, numbers[0], numbers[1]
+
+
+def fork_detached(mode, wanted, spec_fd, status_fd):
+    """Fork the helper through a child that exits at once; the helper's
+    pid, once it is the daemon's child."""
+    pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = os.fork()
+    except OSError as err:
+        os.close(pid_read)
+        os.close(pid_write)
+        raise os_error("fork the helper", err.errno) from err
+    if child == 0:
+        try:
+            fork_helper(pid_write, mode, wanted, spec_fd, status_fd)
+        finally:
+            os._exit(EXIT_SETUP)
+    os.close(pid_write)
+    # Reaped, the child has handed the helper to the daemon, the subreaper.
+    _, status = os.waitpid(child, 0)
+    message = os.read(pid_read, 4096).decode()
+    os.close(pid_read)
+    if message.isdigit():
+        return int(message)
+    if not message:
+        code = os.waitstatus_to_exitcode(status)
+        message = f"the helper server's child exited with {code} before forking"
+    raise SetupError(message)
+
+
+def fork_helper(pid_write, mode, wanted, spec_fd, status_fd):
+    """In the server's child: fork the helper, write its pid, and exit."""
+    try:
+        pid = os.fork()
+    except OSError as err:
+        os.write(pid_write, str(os_error("fork the helper", err.errno)).encode())
+        os._exit(0)
+    if pid == 0:
+        try:
+            run_forked_helper(mode, wanted, spec_fd, status_fd)
+        finally:
+            os._exit(EXIT_SETUP)
+    os.write(pid_write, b"%d" % pid)
+    os._exit(0)
+
+
+def run_forked_helper(mode, wanted, spec_fd, status_fd):
+    """Run as the helper started on its own would, with the request's fds."""
+    os.setsid()
+
+    try:
+        wanted[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        place_fds(wanted)
+    except OSError as err:
+        # Opening and copying fail, if anything does, before any fd moved.
+        fail(wanted[status_fd], os_error("set up the helper's fds", err.errno))
+    except SetupError as err:
+        fail(status_fd, err)
+
+    run_helper(mode, spec_fd, status_fd)
+
+
+def place_fds(wanted):
+    """Put each fd at its number ({number: fd}) and close every other fd."""
+    import fcntl
+
+    # Copies above every number in play first, so that putting one fd at its
+    # number never overwrites another that is still to be placed.
+    top = max(*wanted, *wanted.values()) + 1
+    copies = {
+        number: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+        for number, fd in wanted.items()
+    }
+    for number, fd in copies.items():
+        os.dup2(fd, number)
+    first = 0
+    for number in sorted(copies):
+        if number > first:
+            close_range(first, number - 1)
+        first = number + 1
+    close_range(first, 0xFFFFFFFF)
+
+
+def close_range(first, last):
+    result = syscall(
+        SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)
+    )
+    check(result, "close the server's fds in the helper")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,26 @@
 """Starting a container's init helper and reading what became of it.
 
 The daemon never forks itself: it has threads, and a forked copy of a threaded
-process may deadlock before exec. spawn_init starts runtime/_init.py through
-subprocess (fork_exec); the helper unshares the namespaces, forks the
-container's PID 1 and exits. spawn_exec starts the same helper to run one more
-command in a running container: it joins PID 1's namespaces and cgroups, forks
-the command's process and exits. The caller must be a child subreaper (see
+process may deadlock before exec. spawn_init has runtime/_init.py's helper
+started; the helper unshares the namespaces, forks the container's PID 1 and
+exits. spawn_exec has the same helper started to run one more command in a
+running container: it joins PID 1's namespaces and cgroups, forks the
+command's process and exits. The caller must be a child subreaper (see
 runtime._sys.set_child_subreaper) so that either process becomes its child.
+
+A helper is started in one of two ways, the same for the caller:
+- through the helper server (the default): _init.py in server mode, started
+  once through subprocess, forks each helper from an interpreter that has
+  already started and imported everything, saving some 8 ms of time and CPU
+  on each start and exec. It hands the helper over to the caller, whose child
+  it then is (see _init.py), and exits when the caller closes its end of the
+  socket. It is started at the first spawn or by start_server, restarted once
+  if it has died, and given up for good (with one warning, through
+  start_server's on_fallback) if it cannot run. A spawn blocks until the
+  server has forked the helper, about 1 ms; a Popen returns sooner, but its
+  helper then takes longer to start;
+- directly (CORRAL_HELPER_SERVER=0, use_server(False), or after the server
+  was given up): a new interpreter per helper, through subprocess.
 
 The spec travels as JSON in a memfd: written whole before the helper starts,
 it has no size limit and needs no writer thread, unlike a pipe. The helper
@@ -17,18 +31,24 @@ reports on a status pipe, one JSON line per message:
 
 EOF on the pipe means the helper has exited and the process has exec'd or
 died. The two lines may come in either order; parse_status reads all of them.
-Reaping the helper (Popen.wait, immediate after EOF) guarantees that the
+Reaping the helper (helper.wait(), immediate after EOF) guarantees that the
 process has been reparented to the caller: only then can it be waited on
 through a pidfd.
 """
 
 import dataclasses
+import errno
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +57,18 @@ from runtime import _sys
 INIT_HELPER = Path(__file__).with_name("_init_entry.py")
 
 EXIT_SETUP = 125
+
+# "0" turns the helper server off in this process: every helper then starts
+# a new interpreter.
+SERVER_ENV = "CORRAL_HELPER_SERVER"
+# The server replies once it has forked the helper: normally within a few ms.
+SERVER_REPLY_TIMEOUT_S = 10
+# How long to wait for a server that dies with a request unanswered to be
+# gone, and for the request's fds to be released with it.
+SERVER_GONE_WAIT_S = 1
+SERVER_REPLY_MAX_BYTES = 4096
+# The server's command line, but for "--socket-fd N".
+SERVER_COMMAND = [sys.executable, "-I", "-S", str(INIT_HELPER), "--mode", "server"]
 
 # Debian's tini package: a static build runs in any image, libc or not.
 DEFAULT_INIT_PATH = "/usr/bin/tini-static"
@@ -94,13 +126,33 @@ class ExecSpec:
     cgroup_procs: list[str] = field(default_factory=list)
 
 
+class ForkedHelper:
+    """A helper the helper server forked. It is the caller's child, waited on
+    and killed as the subprocess.Popen of a helper started directly is."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        # Not reaped yet, so the pid still names the helper.
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
 @dataclass
 class Spawned:
-    """A started helper. After EOF on status_fd, helper.wait() returns at
-    once; the process it started (PID 1, or an exec'd process) can be waited
-    on through a pidfd only after that."""
+    """A started helper, the caller's child either way. After EOF on
+    status_fd, helper.wait() returns at once; the process it started (PID 1,
+    or an exec'd process) can be waited on through a pidfd only after that."""
 
-    helper: subprocess.Popen
+    helper: subprocess.Popen | ForkedHelper
     status_fd: int  # read end of the status pipe, O_NONBLOCK | O_CLOEXEC
 
 
@@ -174,6 +226,15 @@ def _check_subreaper(action: str, process: str) -> None:
 
 
 def _spawn(mode, message, pass_fds, stdout_fd, stderr_fd) -> Spawned:
+    with _server.lock:
+        if _server.enabled and _server.broken is None:
+            spawned = _spawn_served(mode, message, pass_fds, stdout_fd, stderr_fd)
+            if spawned is not None:
+                return spawned
+    return _spawn_direct(mode, message, pass_fds, stdout_fd, stderr_fd)
+
+
+def _spawn_direct(mode, message, pass_fds, stdout_fd, stderr_fd) -> Spawned:
     spec_fd = _write_spec(message)
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
     fds = (spec_fd, status_write, *pass_fds)
@@ -289,6 +350,263 @@ def _start_helper(mode: str, fds: tuple, stdout_fd: int, stderr_fd: int):
             f"cannot start the container init helper {INIT_HELPER} with "
             f"{sys.executable}: {err.strerror}; check the corral installation"
         ) from err
+
+
+# ---- the helper server -------------------------------------------------------
+
+
+def start_server(on_fallback: Callable[[str], None] | None = None) -> None:
+    """Start the helper server now instead of at the first spawn.
+
+    on_fallback(message) is called once, from a spawn or from here, if the
+    server cannot be started, or dies and cannot be restarted at once: spawns
+    then start each helper directly, in a new interpreter, until use_server
+    is called again. Without it, the message goes to warnings.warn as a
+    RuntimeWarning. Nothing is started when the server is turned off (see
+    use_server).
+    """
+    _check_subreaper("start the helper server", "the helpers it forks")
+    with _server.lock:
+        _server.on_fallback = on_fallback
+        if _server.enabled and _server.broken is None and _server.process is None:
+            _start_server_process()
+
+
+def stop_server() -> None:
+    """Stop the helper server, if one runs; the next spawn starts another.
+
+    Helpers it started run on: they are the caller's children.
+    """
+    with _server.lock:
+        _discard_server()
+
+
+def use_server(enabled: bool) -> None:
+    """Start helpers through the helper server, or each in a new interpreter.
+
+    The default is the server unless CORRAL_HELPER_SERVER=0 is set. Turning
+    it off stops a running server; turning it on again also ends a fallback
+    after a failure.
+    """
+    with _server.lock:
+        _server.enabled = enabled
+        _server.broken = None
+        if not enabled:
+            _discard_server()
+
+
+def server_pid() -> int | None:
+    """The pid of the running helper server, if there is one."""
+    process = _server.process
+    return None if process is None else process.popen.pid
+
+
+class _ServerGone(Exception):
+    """The server closed its end of the socket."""
+
+    def __init__(self, after_send: bool):
+        super().__init__()
+        self.after_send = after_send
+
+
+class _ServerFailed(ProcessError):
+    """The server failed a request in a way that leaves it unusable: it did
+    not answer (a late answer would be read as the next one's), answered
+    nonsense, or died while a helper it may have started runs on."""
+
+
+class _ServerProcess:
+    """A running helper server and the caller's end of its socket."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # stderr stays the caller's, where a crash of the server shows.
+            self.popen = subprocess.Popen(
+                [*SERVER_COMMAND, "--socket-fd", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={},
+                cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(SERVER_REPLY_TIMEOUT_S)
+        self.sock = ours
+
+    def request(self, mode: str, fds: list[int], numbers: list[int]) -> int:
+        """The pid of a helper forked with fds (stdout, stderr, then the fds
+        that keep their numbers, as listed in numbers)."""
+        payload = json.dumps({"mode": mode, "fds": numbers}).encode()
+        try:
+            socket.send_fds(self.sock, [payload], fds)
+        except OSError as err:
+            if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise _ServerGone(after_send=False) from err
+            raise
+        try:
+            data = self.sock.recv(SERVER_REPLY_MAX_BYTES)
+        except ConnectionResetError:
+            data = b""
+        except TimeoutError:
+            raise _ServerFailed(
+                "cannot start the container init helper: the helper server "
+                f"(pid {self.popen.pid}) did not answer within "
+                f"{SERVER_REPLY_TIMEOUT_S} s; it is stopped, and the next "
+                "start or exec starts another"
+            ) from None
+        if not data:
+            raise _ServerGone(after_send=True)
+        reply = _parse_reply(data)
+        if "error" in reply:
+            raise ProcessError(
+                f"cannot start the container init helper: {reply['error']}"
+            )
+        return reply["pid"]
+
+    def close(self) -> None:
+        """Close the socket, on which the server exits, and reap it."""
+        self.sock.close()
+        try:
+            self.popen.wait(SERVER_GONE_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _parse_reply(data: bytes) -> dict:
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and (
+        isinstance(reply.get("pid"), int) or isinstance(reply.get("error"), str)
+    ):
+        return reply
+    raise _ServerFailed(
+        f"cannot start the container init helper: the helper server sent a "
+        f"malformed reply {data[:200]!r}; it is stopped, and the next start or "
+        "exec starts another"
+    )
+
+
+@dataclass
+class _ServerState:
+    enabled: bool
+    process: _ServerProcess | None = None
+    # Why spawns went back to the direct path, for good.
+    broken: str | None = None
+    on_fallback: Callable[[str], None] | None = None
+    # Spawns come from the daemon's event loop thread; the lock is for any
+    # other caller.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_server = _ServerState(enabled=os.environ.get(SERVER_ENV, "1") != "0")
+
+
+def _spawn_served(mode, message, pass_fds, stdout_fd, stderr_fd) -> Spawned | None:
+    """A helper forked by the server, restarted once if it has died; None
+    once the server cannot run."""
+    statuses = []
+    for _ in range(2):
+        if _server.process is None and not _start_server_process():
+            return None
+        try:
+            spawned = _request_helper(
+                _server.process, mode, message, pass_fds, stdout_fd, stderr_fd
+            )
+        except _ServerFailed:
+            _discard_server()
+            raise
+        if spawned is not None:
+            return spawned
+        popen = _server.process.popen
+        _discard_server()
+        statuses.append(popen.returncode)
+    _give_up_server(
+        f"it exited before answering (status {statuses[0]}), and so did the "
+        f"one started in its place (status {statuses[1]}); any error it "
+        "printed is on corrald's stderr"
+    )
+    return None
+
+
+def _request_helper(server, mode, message, pass_fds, stdout_fd, stderr_fd):
+    """A helper forked by server; None if the server is gone and no helper
+    was started, so that the request can go to another."""
+    spec_fd = _write_spec(message)
+    status_read, status_write = os.pipe2(os.O_CLOEXEC)
+    fds = [spec_fd, status_write, *pass_fds]
+    try:
+        try:
+            pid = server.request(mode, [stdout_fd, stderr_fd, *fds], fds)
+        finally:
+            os.close(spec_fd)
+            # Only the helper and its child may hold the write end, or EOF
+            # never comes.
+            os.close(status_write)
+    except _ServerGone as gone:
+        started = gone.after_send and not _nothing_started(server, status_read)
+        os.close(status_read)
+        if started:
+            raise _ServerFailed(
+                "cannot start the container init helper: the helper server "
+                "stopped while it started one, which may run on; it will be "
+                "restarted at the next start or exec"
+            ) from None
+        return None
+    except BaseException:
+        os.close(status_read)
+        raise
+    os.set_blocking(status_read, False)
+    return Spawned(helper=ForkedHelper(pid), status_fd=status_read)
+
+
+def _nothing_started(server: _ServerProcess, status_read: int) -> bool:
+    """After the server died with a request unanswered: whether no process
+    holds or wrote the request's status pipe, so that no helper runs."""
+    # The server's copies of the request's fds are closed once it is gone.
+    server.close()
+    poller = select.poll()
+    poller.register(status_read, select.POLLIN)
+    if not poller.poll(SERVER_GONE_WAIT_S * 1000):
+        return False
+    return os.read(status_read, 1) == b""
+
+
+def _start_server_process() -> bool:
+    try:
+        _server.process = _ServerProcess()
+    except OSError as err:
+        _give_up_server(f"starting {SERVER_COMMAND[0]} failed ({err.strerror})")
+        return False
+    return True
+
+
+def _discard_server() -> None:
+    if _server.process is not None:
+        _server.process.close()
+        _server.process = None
+
+
+def _give_up_server(reason: str) -> None:
+    _server.broken = reason
+    message = (
+        f"the container init helper server cannot run: {reason}; each "
+        "container start and exec now starts a new interpreter instead, "
+        "some 8 ms slower; restart corrald to use the server again"
+    )
+    if _server.on_fallback is not None:
+        _server.on_fallback(message)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def parse_status(data: bytes) -> StartResult:

@@ -43,6 +43,7 @@ def acquire_lock(path: Path) -> int:
 
 async def serve(config: DaemonConfig) -> None:
     from runtime import _sys
+    from runtime import process as rt_process
     from runtime.cgroups import CgroupManager
     from runtime.images import ImageStore
 
@@ -56,6 +57,11 @@ async def serve(config: DaemonConfig) -> None:
         # Orphaned container processes must come back to the daemon, not to
         # the host's init, so their exit status can be collected.
         _sys.set_child_subreaper()
+        # The helper server forks every container's init helper; started
+        # after the flag above, so that what it forks comes back here too.
+        rt_process.start_server(
+            on_fallback=lambda message: log.warning("helper_server_failed",
+                                                    error=message))
         store = Store(config.root / "corral.db")
         cgroups = CgroupManager(parent=config.cgroup_parent)
         cgroups.setup()
@@ -85,6 +91,7 @@ async def serve(config: DaemonConfig) -> None:
             with trio.move_on_after(SHUTDOWN_GRACE_S):
                 await api_done.wait()
             nursery.cancel_scope.cancel()
+        rt_process.stop_server()
         store.close()
         config.socket.unlink(missing_ok=True)
         log.info("daemon_stopped")

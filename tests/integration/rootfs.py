@@ -1,10 +1,12 @@
 """Real containers for the runtime's integration tests.
 
 A busybox rootfs built in a temp dir, a Container that starts runtime.process
-inits and execs on it and collects what they print, and test-owned cgroups on
-hybrid and pure v2 hosts. Only what the tests start is touched.
+inits and execs on it and collects what they print, test-owned cgroups on
+hybrid and pure v2 hosts, and a switch between the two ways helpers start.
+Only what the tests start is touched.
 """
 
+import contextlib
 import os
 import secrets
 import select
@@ -13,10 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import process
 from runtime.process import (
     ExecSpec,
     ExitStatus,
     InitSpec,
+    Spawned,
     StartResult,
     exit_status,
     spawn_exec,
@@ -68,12 +72,16 @@ class Container:
         return InitSpec(**(fields | overrides))
 
     def start(self, spec: InitSpec) -> tuple[StartResult, int | None]:
+        return self.started(self.spawn(spec))
+
+    def spawn(self, spec: InitSpec) -> Spawned:
+        """Start the helper for spec; see started for the rest."""
         stdout_path, stderr_path = self.base / "stdout", self.base / "stderr"
         with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
-            spawned = spawn_init(spec, out.fileno(), err.fileno())
-        return self._started(spawned)
+            return spawn_init(spec, out.fileno(), err.fileno())
 
-    def _started(self, spawned) -> tuple[StartResult, int | None]:
+    def started(self, spawned: Spawned) -> tuple[StartResult, int | None]:
+        """The start result, and a pidfd of the process if there is one."""
         result = wait_started(spawned, TIMEOUT_S)
         if result.pid is None:
             return result, None
@@ -118,7 +126,7 @@ class Container:
         stdout_path, stderr_path = out_dir / "stdout", out_dir / "stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             spawned = spawn_exec(spec, out.fileno(), err.fileno())
-        return (*self._started(spawned), out_dir)
+        return (*self.started(spawned), out_dir)
 
     def exec(self, target_pid: int, args: list[str], **overrides) -> Run:
         result, pidfd, out_dir = self.start_exec(
@@ -140,6 +148,22 @@ class Container:
             exit_status(pidfd)
             os.close(pidfd)
         self.pidfds.clear()
+
+
+HELPER_PATHS = ["server", "direct"]
+
+
+@contextlib.contextmanager
+def helper_path(path: str):
+    """Start helpers through the helper server ("server") or each in a new
+    interpreter ("direct") inside the block; after it, no server runs and
+    the choice is the environment's again."""
+    process.use_server(path == "server")
+    try:
+        yield
+    finally:
+        process.stop_server()
+        process.use_server(os.environ.get(process.SERVER_ENV, "1") != "0")
 
 
 def build_busybox_layer(layer: Path) -> Path:

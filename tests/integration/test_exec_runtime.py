@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from rootfs import (
     BUSYBOX,
+    HELPER_PATHS,
     PATH,
     TIMEOUT_S,
     Container,
     build_busybox_layer,
+    helper_path,
     make_cgroups,
     remove_cgroup,
     unique_cgroup_parent,
@@ -66,6 +68,14 @@ class Target:
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> None:
     _sys.set_child_subreaper()
+
+
+@pytest.fixture(scope="module", autouse=True, params=HELPER_PATHS)
+def helpers_started(request, subreaper):
+    """Every test runs with helpers forked by the helper server, then with
+    helpers started each in a new interpreter."""
+    with helper_path(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="module")

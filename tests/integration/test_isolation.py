@@ -21,10 +21,12 @@ import pytest
 from rootfs import (
     BUSYBOX,
     CGROUP_ROOT,
+    HELPER_PATHS,
     PATH,
     TIMEOUT_S,
     Container,
     build_busybox_layer,
+    helper_path,
     make_cgroups,
     remove_cgroup,
     unique_cgroup_parent,
@@ -32,7 +34,7 @@ from rootfs import (
 )
 
 from runtime import _sys
-from runtime.process import ExitStatus, StartResult
+from runtime.process import SERVER_ENV, ExitStatus, StartResult
 
 pytestmark = [
     pytest.mark.root,
@@ -48,6 +50,14 @@ pytestmark = [
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> None:
     _sys.set_child_subreaper()
+
+
+@pytest.fixture(scope="module", autouse=True, params=HELPER_PATHS)
+def helpers_started(request, subreaper):
+    """Every test runs with helpers forked by the helper server, then with
+    helpers started each in a new interpreter."""
+    with helper_path(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +146,7 @@ def user_namespaces_refused() -> str | None:
     return None
 
 
-def test_network_host_binds_the_hosts_sys_when_sysfs_is_refused(box):
+def test_network_host_binds_the_hosts_sys_when_sysfs_is_refused(box, helpers_started):
     # In a user namespace, sysfs refuses a mount for the host's network
     # namespace (owned by the initial one), as for a corrald run inside a
     # container; /dev nodes cannot be created there, so setup stops at /dev,
@@ -147,10 +157,12 @@ def test_network_host_binds_the_hosts_sys_when_sysfs_is_refused(box):
     spec = box.spec(["true"], network="host")
     spec_json = json.dumps(dataclasses.asdict(spec))
     probe = [sys.executable, "-c", USERNS_PROBE, spec_json]
+    server = "1" if helpers_started == "server" else "0"
 
     output = subprocess.run(
         ["unshare", "--user", "--map-root-user", *probe],
         cwd=Path(__file__).resolve().parents[2],
+        env=os.environ | {SERVER_ENV: server},
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

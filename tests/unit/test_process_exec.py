@@ -112,8 +112,9 @@ def test_spawn_init_refuses_an_init_path_that_cannot_run(tmp_path, name):
         ["--spec-fd", "3", "--status-fd", "4"],
         ["--mode", "attach", "--spec-fd", "3", "--status-fd", "4"],
         ["--mode", "exec", "--spec-fd", "3"],
+        ["--mode", "server", "--spec-fd", "3"],
     ],
-    ids=["no-mode", "unknown-mode", "no-status-fd"],
+    ids=["no-mode", "unknown-mode", "no-status-fd", "server-without-socket-fd"],
 )
 def test_helper_refuses_a_bad_command_line_with_its_usage(argv):
     helper = PROJECT_ROOT / "runtime" / "_init.py"
@@ -128,6 +129,7 @@ def test_helper_refuses_a_bad_command_line_with_its_usage(argv):
     assert result.returncode == 125
     assert result.stderr == (
         "usage: _init.py --mode init|exec --spec-fd N --status-fd M\n"
+        "       _init.py --mode server --socket-fd N\n"
     )
 
 
@@ -135,6 +137,10 @@ def test_helper_reads_its_mode_and_fds():
     argv = ["--mode", "exec", "--spec-fd", "3", "--status-fd", "4"]
 
     assert _init.parse_args(argv) == ("exec", 3, 4)
+
+
+def test_server_reads_its_socket_fd():
+    assert _init.parse_args(["--mode", "server", "--socket-fd", "5"]) == ("server", 5)
 
 
 def run_exec_command(args: list[str], init: str | None) -> tuple[int, str]:
