@@ -147,6 +147,9 @@ def test_a_container_from_before_a_crash_can_be_started_again(fresh_daemon):
     d = fresh_daemon
     name = unique_name("again")
     d.run_detached("--name", name, "busybox:test", "sh", "-c", TRAPPING_SH)
+    # The first run's line must be in the log before the crash, or the
+    # count below would measure the crash's timing, not the restart.
+    wait_until(lambda: "ready" in d.cli("logs", name).stdout, message="1st run")
     d.crash()
     d.start()
 
