@@ -1,30 +1,207 @@
 """corral: the command-line client. It holds no state and only speaks HTTP.
 
 Output and exit codes follow docker's: `run` exits with the container's exit
-code, 125 when the daemon refuses, 126/127 when the command cannot be run.
+code, 125 when the daemon refuses, 126/127 when the command cannot be run;
+a malformed command line exits 2.
+
+Start-up is most of what a short command costs, so this module imports only
+what every command needs: a command imports json, time or the unit parsers
+where it uses them, and main() builds the parser of the one command it
+runs. main() is also the one place the process ends: it flushes the output
+and leaves with os._exit, skipping the interpreter's teardown.
 """
 
-import json
+import argparse
 import os
-import re
 import sys
-import threading
-import time
-
-import click
 
 from .client import Client, ClientError, read_frames
 
 EXIT_DAEMON_REFUSED = 125
+EXIT_USAGE = 2
+
+_HELP_WIDTH = 78
 
 
-def _client(ctx: click.Context) -> Client:
-    return ctx.find_root().obj
+class _UsageError(Exception):
+    """A command line that parsed but makes no sense; the message says why."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists an option as `-e, --env VALUE`, with its value named once."""
+
+    def __init__(self, prog: str):
+        # A fixed width: argparse would import shutil to measure the
+        # terminal each time an argument is added, which costs more than
+        # the whole parse.
+        super().__init__(prog, width=_HELP_WIDTH, max_help_position=32)
+
+    def _format_action_invocation(self, action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(
+            action, self._get_default_metavar_for_optional(action)
+        )
+        return f"{', '.join(action.option_strings)} {value}"
+
+
+class _Command:
+    def __init__(self, run, usage: str, add_arguments, passthrough: bool):
+        self.run = run
+        self.summary = run.__doc__.strip().splitlines()[0]
+        self.usage = usage
+        self.add_arguments = add_arguments
+        self.passthrough = passthrough
+
+    def parser(self, name: str) -> argparse.ArgumentParser:
+        usage = f"corral {name} {self.usage}"
+        return _parser(f"corral {name}", usage, self.summary, self.add_arguments)
+
+    def parse(self, parser: argparse.ArgumentParser, args: list[str]):
+        # run, create and exec end their own options at the first word that
+        # is not one (the image, the container): what follows is the
+        # command's, flags and all. The others take options anywhere.
+        if self.passthrough:
+            return parser.parse_args(args)
+        return parser.parse_intermixed_args(args)
+
+
+_COMMANDS: dict[str, _Command] = {}
+
+
+def _command(
+    usage: str, add_arguments=None, name: str | None = None, passthrough: bool = False
+):
+    """Register a subcommand; its docstring's first line is its summary."""
+
+    def register(run):
+        _COMMANDS[name or run.__name__] = _Command(
+            run, usage, add_arguments, passthrough
+        )
+        return run
+
+    return register
+
+
+def _parser(prog: str, usage: str, description: str, add_arguments, epilog=None):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=usage,
+        description=description,
+        epilog=epilog,
+        formatter_class=_HelpFormatter,
+        add_help=False,
+        allow_abbrev=False,
+    )
+    if add_arguments:
+        add_arguments(parser)
+    # -h is --hostname for run and create, so help is --help everywhere.
+    parser.add_argument("--help", action="help", help="Show this message and exit.")
+    return parser
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    commands = "\n".join(
+        f"  {name:<8} {_COMMANDS[name].summary}" for name in sorted(_COMMANDS)
+    )
+    return _parser(
+        "corral",
+        "corral [OPTIONS] COMMAND [ARGS]...",
+        "corral: run Linux containers and keep them running.",
+        _main_arguments,
+        f"commands:\n{commands}",
+    )
+
+
+def _main_arguments(p) -> None:
+    p.add_argument(
+        "-H",
+        "--host",
+        metavar="HOST",
+        help="daemon socket, unix:///path [env CORRAL_HOST; "
+        "default unix:///run/corral/corral.sock]",
+    )
+    p.add_argument("command", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+# ---- process boundary --------------------------------------------------------
+
+
+def main() -> None:
+    """The `corral` console script: run one command line and end the process."""
+    code = run_cli(sys.argv[1:])
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            # The reader went away (EPIPE): there is nobody left to tell.
+            code = code or 1
+    os._exit(code)
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run one corral command line in this process; return its exit code."""
+    try:
+        return _dispatch(argv)
+    except SystemExit as done:
+        return _exit_status(done.code)
+    except ClientError as err:
+        _say_error(err)
+        return 1
+    except KeyboardInterrupt:
+        _echo("\nAborted!", err=True)
+        return 1
+    except BrokenPipeError:
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
+    top = _main_parser()
+    options = top.parse_args(argv)
+    if options.command is None:
+        top.print_help(sys.stderr)
+        return EXIT_USAGE
+    command = _COMMANDS.get(options.command)
+    if command is None:
+        top.error(_unknown_command(options.command))
+    parser = command.parser(options.command)
+    args = command.parse(parser, options.args)
+    client = Client(options.host)
+    try:
+        return command.run(client, args) or 0
+    except _UsageError as err:
+        parser.error(str(err))
+
+
+def _unknown_command(name: str) -> str:
+    import difflib
+
+    message = f"no such command {name!r}"
+    close = difflib.get_close_matches(name, _COMMANDS, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _exit_status(code) -> int:
+    if code is None or isinstance(code, int):
+        return code or 0
+    _echo(str(code), err=True)
+    return 1
+
+
+def _echo(text="", err: bool = False) -> None:
+    # Flushed line by line, so a follower of `events` or `wait` sees each
+    # line as it comes, even through a pipe.
+    stream = sys.stderr if err else sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
 
 
 def _say_error(err: ClientError) -> None:
-    click.echo(f"Error response from daemon: {err.message}" if err.status else err.message,
-               err=True)
+    _echo(
+        f"Error response from daemon: {err.message}" if err.status else err.message,
+        err=True,
+    )
 
 
 def _fail(err: ClientError, code: int = 1):
@@ -32,86 +209,182 @@ def _fail(err: ClientError, code: int = 1):
     sys.exit(code)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ClientError as err:
-            _fail(err)
+def _flag(parser, *names: str, **kwargs) -> None:
+    parser.add_argument(*names, action="store_true", **kwargs)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["--help"]})
-@click.option("-H", "--host", envvar="CORRAL_HOST",
-              help="daemon socket, unix:///path [env CORRAL_HOST; "
-                   "default unix:///run/corral/corral.sock]")
-@click.pass_context
-def main(ctx: click.Context, host: str | None) -> None:
-    """corral: run Linux containers and keep them running."""
-    try:
-        ctx.obj = Client(host)
-    except ClientError as err:
-        _fail(err)
+def _repeated(parser, *names: str, **kwargs) -> None:
+    parser.add_argument(*names, action="append", default=[], **kwargs)
+
+
+def _file(value: str) -> str:
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory, not a file")
+    return value
+
+
+def _existing_file(value: str) -> str:
+    if not os.path.exists(value):
+        raise argparse.ArgumentTypeError(f"file {value!r} does not exist")
+    return _file(value)
 
 
 # ---- run and create ----------------------------------------------------------
 
-_RUN_ARGS = {"allow_interspersed_args": False, "help_option_names": ["--help"]}
+
+def _create_arguments(p) -> None:
+    p.add_argument("--name", help="container name")
+    _repeated(
+        p, "-e", "--env", metavar="KEY[=VALUE]", help="set an environment variable"
+    )
+    _repeated(
+        p,
+        "--env-file",
+        metavar="FILE",
+        type=_file,
+        help="read environment variables from a file",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory inside the container"
+    )
+    p.add_argument("-u", "--user", help="user[:group] to run as")
+    p.add_argument("-h", "--hostname", metavar="NAME", help="container host name")
+    p.add_argument(
+        "--entrypoint", metavar="PATH", help="override the image's entrypoint"
+    )
+    p.add_argument(
+        "-m", "--memory", metavar="SIZE", help="memory limit (for example 64m)"
+    )
+    p.add_argument(
+        "--memory-swap",
+        metavar="SIZE",
+        help="memory plus swap limit; -1 for unlimited swap",
+    )
+    p.add_argument(
+        "--cpus", metavar="N", type=float, help="number of CPUs (for example 0.5)"
+    )
+    p.add_argument(
+        "--pids-limit", metavar="N", type=int, help="maximum number of processes"
+    )
+    p.add_argument(
+        "--network",
+        metavar="MODE",
+        default="none",
+        help="none (own namespace, loopback only) or host  [default: none]",
+    )
+    p.add_argument(
+        "--restart",
+        metavar="POLICY",
+        default="no",
+        help="no, on-failure[:N], always or unless-stopped  [default: no]",
+    )
+    p.add_argument(
+        "--restart-delay",
+        metavar="DURATION",
+        help="first restart delay (default 100ms)",
+    )
+    p.add_argument(
+        "--restart-max-delay",
+        metavar="DURATION",
+        help="cap of the restart delay (default 1m)",
+    )
+    p.add_argument(
+        "--restart-reset-after",
+        metavar="DURATION",
+        help="a run this long resets the delay (default 10s)",
+    )
+    p.add_argument(
+        "--restart-factor",
+        metavar="X",
+        type=float,
+        help="delay multiplier per consecutive restart (default 2)",
+    )
+    p.add_argument(
+        "--restart-jitter",
+        metavar="FRACTION",
+        type=float,
+        help="random spread of each delay, a fraction in [0, 1)",
+    )
+    p.add_argument(
+        "--start-limit",
+        metavar="B/T",
+        help="B/T: give up after B restarts within T (for example 5/30s)",
+    )
+    p.add_argument(
+        "--health-cmd",
+        metavar="CMD",
+        help="command to check health (run by /bin/sh -c)",
+    )
+    p.add_argument(
+        "--health-interval",
+        metavar="DURATION",
+        help="time between checks (default 30s)",
+    )
+    p.add_argument(
+        "--health-timeout",
+        metavar="DURATION",
+        help="time a check may take (default 30s)",
+    )
+    p.add_argument(
+        "--health-retries",
+        metavar="N",
+        type=int,
+        help="failures in a row that make it unhealthy (default 3)",
+    )
+    p.add_argument(
+        "--health-start-period",
+        metavar="DURATION",
+        help="grace time after start (default 0s)",
+    )
+    p.add_argument(
+        "--health-start-interval",
+        metavar="DURATION",
+        help="time between checks in the start period (default 5s)",
+    )
+    _flag(p, "--no-healthcheck", help="disable the image's check")
+    p.add_argument(
+        "--health-on-failure",
+        metavar="ACTION",
+        default="none",
+        choices=["none", "restart", "stop", "kill"],
+        help="what to do when the container turns unhealthy: none, "
+        "restart, stop or kill  [default: none]",
+    )
+    _flag(
+        p,
+        "--init",
+        dest="use_init",
+        help="run an init as PID 1 that forwards signals and reaps zombies",
+    )
+    _flag(p, "--rm", dest="auto_remove", help="remove the container when it exits")
+    p.add_argument(
+        "--stop-signal", metavar="SIGNAL", help="signal that stops the container"
+    )
+    p.add_argument(
+        "--stop-timeout",
+        metavar="SECONDS",
+        type=int,
+        help="seconds to wait before SIGKILL",
+    )
+    _repeated(p, "-l", "--label", metavar="KEY=VALUE", help="set a label key=value")
+    _repeated(p, "--log-opt", metavar="KEY=VALUE", help="max-size=SIZE or max-file=N")
+    p.add_argument("image", metavar="IMAGE", help=argparse.SUPPRESS)
+    _command_argument(p)
 
 
-def _create_options(f):
-    options = [
-        click.option("--name", help="container name"),
-        click.option("-e", "--env", multiple=True, help="set an environment variable"),
-        click.option("--env-file", multiple=True, type=click.Path(dir_okay=False),
-                     help="read environment variables from a file"),
-        click.option("-w", "--workdir", help="working directory inside the container"),
-        click.option("-u", "--user", help="user[:group] to run as"),
-        click.option("-h", "--hostname", help="container host name"),
-        click.option("--entrypoint", help="override the image's entrypoint"),
-        click.option("-m", "--memory", help="memory limit (for example 64m)"),
-        click.option("--memory-swap", help="memory plus swap limit; -1 for unlimited swap"),
-        click.option("--cpus", type=float, help="number of CPUs (for example 0.5)"),
-        click.option("--pids-limit", type=int, help="maximum number of processes"),
-        click.option("--network", default="none", show_default=True,
-                     help="none (own namespace, loopback only) or host"),
-        click.option("--restart", default="no", show_default=True,
-                     help="no, on-failure[:N], always or unless-stopped"),
-        click.option("--restart-delay", help="first restart delay (default 100ms)"),
-        click.option("--restart-max-delay", help="cap of the restart delay (default 1m)"),
-        click.option("--restart-reset-after",
-                     help="a run this long resets the delay (default 10s)"),
-        click.option("--restart-factor", type=float,
-                     help="delay multiplier per consecutive restart (default 2)"),
-        click.option("--restart-jitter", type=float,
-                     help="random spread of each delay, a fraction in [0, 1)"),
-        click.option("--start-limit", help="B/T: give up after B restarts within T "
-                     "(for example 5/30s)"),
-        click.option("--health-cmd", help="command to check health (run by /bin/sh -c)"),
-        click.option("--health-interval", help="time between checks (default 30s)"),
-        click.option("--health-timeout", help="time a check may take (default 30s)"),
-        click.option("--health-retries", type=int,
-                     help="failures in a row that make it unhealthy (default 3)"),
-        click.option("--health-start-period", help="grace time after start (default 0s)"),
-        click.option("--health-start-interval",
-                     help="time between checks in the start period (default 5s)"),
-        click.option("--no-healthcheck", is_flag=True, help="disable the image's check"),
-        click.option("--health-on-failure", default="none", show_default=True,
-                     type=click.Choice(["none", "restart", "stop", "kill"]),
-                     help="what to do when the container turns unhealthy"),
-        click.option("--init", "use_init", is_flag=True,
-                     help="run an init as PID 1 that forwards signals and reaps zombies"),
-        click.option("--rm", "auto_remove", is_flag=True,
-                     help="remove the container when it exits"),
-        click.option("--stop-signal", help="signal that stops the container"),
-        click.option("--stop-timeout", type=int, help="seconds to wait before SIGKILL"),
-        click.option("-l", "--label", multiple=True, help="set a label key=value"),
-        click.option("--log-opt", multiple=True, help="max-size=SIZE or max-file=N"),
-        click.argument("image"),
-        click.argument("command", nargs=-1, type=click.UNPROCESSED),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _command_argument(p) -> None:
+    """The command after the image or container: every word, flags and all."""
+    command = p.add_argument(
+        "command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS
+    )
+    # argparse counts a positional as required whatever its nargs; an empty
+    # command means the image's own (exec checks for one itself).
+    command.required = False
+
+
+def _run_arguments(p) -> None:
+    _flag(p, "-d", "--detach", help="run in the background, print the id")
+    _create_arguments(p)
 
 
 def _size(value: str | None, flag: str) -> int:
@@ -124,13 +397,13 @@ def _size(value: str | None, flag: str) -> int:
     try:
         return parse_size(value)
     except ValueError as err:
-        raise click.UsageError(f"invalid {flag}: {err}") from None
+        raise _UsageError(f"invalid {flag}: {err}") from None
 
 
 def _restart_policy(value: str) -> dict:
     name, _, count = value.partition(":")
-    if count and not re.fullmatch(r"-?\d+", count):
-        raise click.UsageError(f"invalid --restart {value!r}: the count must be a number")
+    if count and not count.removeprefix("-").isdecimal():
+        raise _UsageError(f"invalid --restart {value!r}: the count must be a number")
     return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
 
@@ -140,29 +413,29 @@ def _duration_ns(value: str | None, flag: str) -> int | None:
     if value is None:
         return None
     try:
-        return int(round(parse_duration_s(value) * 1e9))
+        return round(parse_duration_s(value) * 1e9)
     except ValueError as err:
-        raise click.UsageError(f"invalid {flag}: {err}") from None
+        raise _UsageError(f"invalid {flag}: {err}") from None
 
 
-def _restart_extensions(o: dict) -> dict:
+def _restart_extensions(o) -> dict:
     """corral's HostConfig extensions for restart backoff and start limit."""
     backoff = {
-        "InitialDelay": _duration_ns(o["restart_delay"], "--restart-delay"),
-        "MaxDelay": _duration_ns(o["restart_max_delay"], "--restart-max-delay"),
-        "ResetAfter": _duration_ns(o["restart_reset_after"], "--restart-reset-after"),
-        "Factor": o["restart_factor"],
-        "Jitter": o["restart_jitter"],
+        "InitialDelay": _duration_ns(o.restart_delay, "--restart-delay"),
+        "MaxDelay": _duration_ns(o.restart_max_delay, "--restart-max-delay"),
+        "ResetAfter": _duration_ns(o.restart_reset_after, "--restart-reset-after"),
+        "Factor": o.restart_factor,
+        "Jitter": o.restart_jitter,
     }
     out = {}
     backoff = {k: v for k, v in backoff.items() if v is not None}
     if backoff:
         out["CorralRestartBackoff"] = backoff
-    if o["start_limit"]:
-        burst, sep, interval = o["start_limit"].partition("/")
+    if o.start_limit:
+        burst, sep, interval = o.start_limit.partition("/")
         if not sep or not burst.isdigit():
-            raise click.UsageError(
-                f"invalid --start-limit {o['start_limit']!r}: use BURST/INTERVAL, "
+            raise _UsageError(
+                f"invalid --start-limit {o.start_limit!r}: use BURST/INTERVAL, "
                 "for example 5/30s"
             )
         out["CorralStartLimit"] = {
@@ -172,23 +445,24 @@ def _restart_extensions(o: dict) -> dict:
     return out
 
 
-def _healthcheck(o: dict) -> dict | None:
-    if o["no_healthcheck"]:
+def _healthcheck(o) -> dict | None:
+    if o.no_healthcheck:
         return {"Test": ["NONE"]}
     timings = {
-        "Interval": _duration_ns(o["health_interval"], "--health-interval"),
-        "Timeout": _duration_ns(o["health_timeout"], "--health-timeout"),
-        "StartPeriod": _duration_ns(o["health_start_period"], "--health-start-period"),
-        "StartInterval": _duration_ns(o["health_start_interval"],
-                                      "--health-start-interval"),
+        "Interval": _duration_ns(o.health_interval, "--health-interval"),
+        "Timeout": _duration_ns(o.health_timeout, "--health-timeout"),
+        "StartPeriod": _duration_ns(o.health_start_period, "--health-start-period"),
+        "StartInterval": _duration_ns(
+            o.health_start_interval, "--health-start-interval"
+        ),
     }
     doc = {k: v for k, v in timings.items() if v is not None}
-    if o["health_retries"] is not None:
-        doc["Retries"] = o["health_retries"]
-    if o["health_cmd"]:
-        doc["Test"] = ["CMD-SHELL", o["health_cmd"]]
+    if o.health_retries is not None:
+        doc["Retries"] = o.health_retries
+    if o.health_cmd:
+        doc["Test"] = ["CMD-SHELL", o.health_cmd]
     elif doc:
-        raise click.UsageError("health options need --health-cmd")
+        raise _UsageError("health options need --health-cmd")
     return doc or None
 
 
@@ -197,7 +471,7 @@ def _key_values(items, flag: str) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.UsageError(f"invalid {flag} {item!r}: use key=value")
+            raise _UsageError(f"invalid {flag} {item!r}: use key=value")
         out[key] = value
     return out
 
@@ -205,88 +479,123 @@ def _key_values(items, flag: str) -> dict:
 def _env(env, env_files) -> list[str]:
     out = []
     for path in env_files:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    out.append(line if "=" in line else f"{line}={os.environ.get(line, '')}")
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            raise _UsageError(
+                f"cannot read --env-file {path!r}: {err.strerror}"
+            ) from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(
+                    line if "=" in line else f"{line}={os.environ.get(line, '')}"
+                )
     for item in env:
         out.append(item if "=" in item else f"{item}={os.environ.get(item, '')}")
     return out
 
 
-def _create_body(o: dict) -> dict:
-    if o["auto_remove"] and o["restart"] not in ("no", ""):
-        raise click.UsageError(
+def _create_body(o) -> dict:
+    if o.auto_remove and o.restart not in ("no", ""):
+        raise _UsageError(
             "conflicting options: cannot use --rm together with --restart "
-            f"{o['restart']}; a removed container cannot be restarted"
+            f"{o.restart}; a removed container cannot be restarted"
         )
     host = {
-        "NetworkMode": o["network"],
-        "RestartPolicy": _restart_policy(o["restart"]),
-        "AutoRemove": o["auto_remove"],
-        "Init": o["use_init"],
-        "Memory": _size(o["memory"], "--memory"),
-        "MemorySwap": _size(o["memory_swap"], "--memory-swap"),
-        "NanoCpus": int(round(o["cpus"] * 1e9)) if o["cpus"] is not None else 0,
-        "PidsLimit": o["pids_limit"],
-        "LogConfig": {"Type": "json-file", "Config": _key_values(o["log_opt"], "--log-opt")},
+        "NetworkMode": o.network,
+        "RestartPolicy": _restart_policy(o.restart),
+        "AutoRemove": o.auto_remove,
+        "Init": o.use_init,
+        "Memory": _size(o.memory, "--memory"),
+        "MemorySwap": _size(o.memory_swap, "--memory-swap"),
+        "NanoCpus": round(o.cpus * 1e9) if o.cpus is not None else 0,
+        "PidsLimit": o.pids_limit,
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": _key_values(o.log_opt, "--log-opt"),
+        },
     }
     host.update(_restart_extensions(o))
-    host["CorralHealthOnFailure"] = o["health_on_failure"]
+    host["CorralHealthOnFailure"] = o.health_on_failure
     body = {
-        "Image": o["image"],
-        "Cmd": list(o["command"]) or None,
-        "Env": _env(o["env"], o["env_file"]),
-        "WorkingDir": o["workdir"] or "",
-        "User": o["user"] or "",
-        "Hostname": o["hostname"] or "",
-        "Labels": _key_values(o["label"], "--label"),
-        "StopSignal": o["stop_signal"],
-        "StopTimeout": o["stop_timeout"],
+        "Image": o.image,
+        "Cmd": list(o.command) or None,
+        "Env": _env(o.env, o.env_file),
+        "WorkingDir": o.workdir or "",
+        "User": o.user or "",
+        "Hostname": o.hostname or "",
+        "Labels": _key_values(o.label, "--label"),
+        "StopSignal": o.stop_signal,
+        "StopTimeout": o.stop_timeout,
         "HostConfig": host,
     }
     healthcheck = _healthcheck(o)
     if healthcheck:
         body["Healthcheck"] = healthcheck
-    if o["entrypoint"] is not None:
-        body["Entrypoint"] = [o["entrypoint"]] if o["entrypoint"] else []
+    if o.entrypoint is not None:
+        body["Entrypoint"] = [o.entrypoint] if o.entrypoint else []
     return body
 
 
-def _create(client: Client, options: dict) -> str:
+def _create(client: Client, o) -> str:
+    """The new container's id; a refusal, ours or the daemon's, exits 125."""
     try:
-        body = _create_body(options)
-        doc = client.call("POST", "/containers/create", {"name": options["name"]}, body)
-    except click.UsageError as err:
-        click.echo(f"corral: {err.message}", err=True)
+        body = _create_body(o)
+    except _UsageError as err:
+        _echo(f"corral: {err}", err=True)
         sys.exit(EXIT_DAEMON_REFUSED)
+    try:
+        doc = client.call("POST", "/containers/create", {"name": o.name}, body)
     except ClientError as err:
         _fail(err, EXIT_DAEMON_REFUSED)
     return doc["Id"]
 
 
-@main.command(context_settings=_RUN_ARGS)
-@click.option("-d", "--detach", is_flag=True, help="run in the background, print the id")
-@_create_options
-@click.pass_context
-def run(ctx, detach, **options):
+@_command("[OPTIONS] IMAGE [COMMAND]...", _run_arguments, passthrough=True)
+def run(client: Client, o) -> int:
     """Create and start a container."""
-    client = _client(ctx)
-    container_id = _create(client, options)
-    if detach:
-        _start_or_fail(client, container_id, options["auto_remove"])
-        click.echo(container_id)
-        return
+    container_id = _create(client, o)
+    if o.detach:
+        _start_or_fail(client, container_id, o.auto_remove)
+        _echo(container_id)
+        return 0
     # Attach and wait are in place before the start, so no output and no
-    # exit can slip past, however short the run.
-    output = client.open("POST", f"/containers/{container_id}/attach",
-                         {"stream": 1, "stdout": 1, "stderr": 1})
-    condition = "removed" if options["auto_remove"] else "next-exit"
-    waiter = _Waiter(client, container_id, condition)
-    _start_or_fail(client, container_id, options["auto_remove"])
+    # exit can slip past, however short the run. The wait's answer comes
+    # when the container has exited, and is read once its output has ended.
+    output = client.open(
+        "POST",
+        f"/containers/{container_id}/attach",
+        {"stream": 1, "stdout": 1, "stderr": 1},
+    )
+    waiter = _open_wait(
+        client, container_id, "removed" if o.auto_remove else "next-exit"
+    )
+    _start_or_fail(client, container_id, o.auto_remove)
     _copy_frames(output)
-    sys.exit(waiter.result())
+    return _wait_result(waiter)
+
+
+def _open_wait(client: Client, container_id: str, condition: str):
+    try:
+        return client.open(
+            "POST", f"/containers/{container_id}/wait", {"condition": condition}
+        )
+    except (ClientError, OSError):
+        return None
+
+
+def _wait_result(response) -> int:
+    """The exit code a wait reply carries; 125 when there is none."""
+    import json
+
+    if response is None:
+        return EXIT_DAEMON_REFUSED
+    try:
+        return json.loads(response.read())["StatusCode"]
+    except (ClientError, ValueError, KeyError, TypeError, OSError):
+        return EXIT_DAEMON_REFUSED
 
 
 def _start_or_fail(client: Client, container_id: str, auto_remove: bool) -> None:
@@ -318,206 +627,238 @@ def _exit_code_of_start_error(message: str) -> int:
     return EXIT_DAEMON_REFUSED
 
 
-class _Waiter:
-    """Holds a wait request open from before the start until the exit."""
-
-    def __init__(self, client: Client, container_id: str, condition: str):
-        self._ready = threading.Event()
-        self._code = EXIT_DAEMON_REFUSED
-        self._thread = threading.Thread(
-            target=self._wait, args=(client, container_id, condition), daemon=True
-        )
-        self._thread.start()
-        self._ready.wait()
-
-    def _wait(self, client, container_id, condition):
-        try:
-            response = client.open("POST", f"/containers/{container_id}/wait",
-                                   {"condition": condition})
-            self._ready.set()
-            doc = json.loads(response.read())
-            self._code = doc["StatusCode"]
-        except (ClientError, ValueError, KeyError, OSError):
-            pass
-        finally:
-            self._ready.set()
-
-    def result(self) -> int:
-        self._thread.join()
-        return self._code
-
-
-@main.command(context_settings=_RUN_ARGS)
-@_create_options
-@click.pass_context
-def create(ctx, **options):
+@_command("[OPTIONS] IMAGE [COMMAND]...", _create_arguments, passthrough=True)
+def create(client: Client, o) -> int:
     """Create a container without starting it."""
-    click.echo(_create(_client(ctx), options))
+    _echo(_create(client, o))
+    return 0
 
 
 # ---- lifecycle ---------------------------------------------------------------
 
 
-def _each(ctx, containers, action) -> None:
+def _containers_argument(p) -> None:
+    p.add_argument(
+        "containers", nargs="+", metavar="CONTAINERS", help=argparse.SUPPRESS
+    )
+
+
+def _timeout_arguments(p) -> None:
+    p.add_argument(
+        "-t",
+        "--time",
+        dest="timeout",
+        metavar="SECONDS",
+        type=int,
+        help="seconds to wait before SIGKILL",
+    )
+    _containers_argument(p)
+
+
+def _each(containers, action) -> int:
     failed = False
     for ref in containers:
         try:
             action(ref)
-            click.echo(ref)
+            _echo(ref)
         except ClientError as err:
             _say_error(err)
             failed = True
-    if failed:
-        sys.exit(1)
+    return 1 if failed else 0
 
 
-@main.command()
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def start(ctx, containers):
+@_command("[OPTIONS] CONTAINERS...", _containers_argument)
+def start(client: Client, o) -> int:
     """Start one or more stopped containers."""
-    client = _client(ctx)
-    _each(ctx, containers, lambda ref: client.call("POST", f"/containers/{ref}/start"))
+    return _each(
+        o.containers, lambda ref: client.call("POST", f"/containers/{ref}/start")
+    )
 
 
-@main.command()
-@click.option("-t", "--time", "timeout", type=int, help="seconds to wait before SIGKILL")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def stop(ctx, timeout, containers):
+@_command("[OPTIONS] CONTAINERS...", _timeout_arguments)
+def stop(client: Client, o) -> int:
     """Stop one or more running containers."""
-    client = _client(ctx)
-    _each(ctx, containers,
-          lambda ref: client.call("POST", f"/containers/{ref}/stop", {"t": timeout}))
+    return _each(
+        o.containers,
+        lambda ref: client.call("POST", f"/containers/{ref}/stop", {"t": o.timeout}),
+    )
 
 
-@main.command()
-@click.option("-t", "--time", "timeout", type=int, help="seconds to wait before SIGKILL")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def restart(ctx, timeout, containers):
+@_command("[OPTIONS] CONTAINERS...", _timeout_arguments)
+def restart(client: Client, o) -> int:
     """Restart one or more containers."""
-    client = _client(ctx)
-    _each(ctx, containers,
-          lambda ref: client.call("POST", f"/containers/{ref}/restart", {"t": timeout}))
+    return _each(
+        o.containers,
+        lambda ref: client.call("POST", f"/containers/{ref}/restart", {"t": o.timeout}),
+    )
 
 
-@main.command()
-@click.option("-s", "--signal", "sig", default="KILL", show_default=True,
-              help="signal to send")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def kill(ctx, sig, containers):
+def _kill_arguments(p) -> None:
+    p.add_argument(
+        "-s",
+        "--signal",
+        dest="sig",
+        metavar="SIGNAL",
+        default="KILL",
+        help="signal to send  [default: KILL]",
+    )
+    _containers_argument(p)
+
+
+@_command("[OPTIONS] CONTAINERS...", _kill_arguments)
+def kill(client: Client, o) -> int:
     """Send a signal to one or more running containers."""
-    client = _client(ctx)
-    _each(ctx, containers,
-          lambda ref: client.call("POST", f"/containers/{ref}/kill", {"signal": sig}))
+    return _each(
+        o.containers,
+        lambda ref: client.call("POST", f"/containers/{ref}/kill", {"signal": o.sig}),
+    )
 
 
-@main.command()
-@click.option("-f", "--force", is_flag=True, help="kill and remove a running container")
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def rm(ctx, force, containers):
+def _rm_arguments(p) -> None:
+    _flag(p, "-f", "--force", help="kill and remove a running container")
+    _containers_argument(p)
+
+
+@_command("[OPTIONS] CONTAINERS...", _rm_arguments)
+def rm(client: Client, o) -> int:
     """Remove one or more containers."""
-    client = _client(ctx)
-    _each(ctx, containers,
-          lambda ref: client.call("DELETE", f"/containers/{ref}", {"force": int(force)}))
+    return _each(
+        o.containers,
+        lambda ref: client.call(
+            "DELETE", f"/containers/{ref}", {"force": int(o.force)}
+        ),
+    )
 
 
-@main.command()
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def wait(ctx, containers):
+@_command("[OPTIONS] CONTAINERS...", _containers_argument)
+def wait(client: Client, o) -> int:
     """Block until containers stop, then print their exit codes."""
-    client = _client(ctx)
-
-    def one(ref):
-        doc = client.call("POST", f"/containers/{ref}/wait")
-        click.echo(doc["StatusCode"])
-
     failed = False
-    for ref in containers:
+    for ref in o.containers:
         try:
-            one(ref)
+            _echo(client.call("POST", f"/containers/{ref}/wait")["StatusCode"])
         except ClientError as err:
             _say_error(err)
             failed = True
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
-@main.command(name="exec", context_settings=_RUN_ARGS)
-@click.option("-d", "--detach", is_flag=True, help="run the command in the background")
-@click.option("-e", "--env", multiple=True, help="set an environment variable")
-@click.option("-u", "--user", help="user[:group] to run as")
-@click.option("-w", "--workdir", help="working directory inside the container")
-@click.argument("container")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.pass_context
-def exec_(ctx, detach, env, user, workdir, container, command):
+def _exec_arguments(p) -> None:
+    _flag(p, "-d", "--detach", help="run the command in the background")
+    _repeated(
+        p, "-e", "--env", metavar="KEY[=VALUE]", help="set an environment variable"
+    )
+    p.add_argument("-u", "--user", help="user[:group] to run as")
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory inside the container"
+    )
+    p.add_argument("container", metavar="CONTAINER", help=argparse.SUPPRESS)
+    _command_argument(p)
+
+
+@_command(
+    "[OPTIONS] CONTAINER COMMAND...", _exec_arguments, name="exec", passthrough=True
+)
+def exec_(client: Client, o) -> int:
     """Run a command in a running container."""
-    client = _client(ctx)
-    body = {"Cmd": list(command), "Env": _env(env, ()), "User": user or "",
-            "WorkingDir": workdir or "", "AttachStdout": not detach,
-            "AttachStderr": not detach}
+    if not o.command:
+        raise _UsageError("the following arguments are required: COMMAND")
+    body = {
+        "Cmd": o.command,
+        "Env": _env(o.env, ()),
+        "User": o.user or "",
+        "WorkingDir": o.workdir or "",
+        "AttachStdout": not o.detach,
+        "AttachStderr": not o.detach,
+    }
     try:
-        exec_id = client.call("POST", f"/containers/{container}/exec", body=body)["Id"]
-        response = client.open("POST", f"/exec/{exec_id}/start",
-                               body={"Detach": detach, "Tty": False})
-        if detach:
+        exec_id = client.call("POST", f"/containers/{o.container}/exec", body=body)[
+            "Id"
+        ]
+        response = client.open(
+            "POST", f"/exec/{exec_id}/start", body={"Detach": o.detach, "Tty": False}
+        )
+        if o.detach:
             response.read()
-            return
+            return 0
         _copy_frames(response)
         doc = client.call("GET", f"/exec/{exec_id}/json")
     except ClientError as err:
         _fail(err, EXIT_DAEMON_REFUSED)
-    sys.exit(doc["ExitCode"] if doc["ExitCode"] is not None else EXIT_DAEMON_REFUSED)
+    return doc["ExitCode"] if doc["ExitCode"] is not None else EXIT_DAEMON_REFUSED
 
 
 # ---- ps, logs, inspect -------------------------------------------------------
 
 
-@main.command()
-@click.option("-a", "--all", "show_all", is_flag=True, help="show stopped containers too")
-@click.option("-q", "--quiet", is_flag=True, help="only print ids")
-@click.option("-f", "--filter", "filters", multiple=True,
-              help="key=value: id, name, status, label, exited, ancestor")
-@click.option("--no-trunc", is_flag=True, help="do not truncate output")
-@click.option("--format", "fmt", help="'{{.Field}}' template, or json")
-@click.pass_context
-def ps(ctx, show_all, quiet, filters, no_trunc, fmt):
+def _ps_arguments(p) -> None:
+    _flag(p, "-a", "--all", dest="show_all", help="show stopped containers too")
+    _flag(p, "-q", "--quiet", help="only print ids")
+    _repeated(
+        p,
+        "-f",
+        "--filter",
+        dest="filters",
+        metavar="KEY=VALUE",
+        help="key=value: id, name, status, label, exited, ancestor",
+    )
+    _flag(p, "--no-trunc", help="do not truncate output")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        metavar="TEMPLATE",
+        help="'{{.Field}}' template, or json",
+    )
+
+
+@_command("[OPTIONS]", _ps_arguments)
+def ps(client: Client, o) -> int:
     """List containers."""
-    query_filters: dict[str, list[str]] = {}
-    for item in filters:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.UsageError(f"invalid filter {item!r}: use key=value")
-        query_filters.setdefault(key, []).append(value)
-    query = {"all": int(show_all)}
-    if query_filters:
-        query["filters"] = json.dumps(query_filters)
-    containers = _client(ctx).call("GET", "/containers/json", query)
-    if quiet:
+    query = {"all": int(o.show_all)}
+    filters = _filters(o.filters, strict=True)
+    if filters:
+        import json
+
+        query["filters"] = json.dumps(filters)
+    containers = client.call("GET", "/containers/json", query)
+    if o.quiet:
         for c in containers:
-            click.echo(c["Id"] if no_trunc else c["Id"][:12])
-        return
-    if fmt:
+            _echo(c["Id"] if o.no_trunc else c["Id"][:12])
+        return 0
+    if o.fmt:
         for c in containers:
-            click.echo(_render(fmt, c))
-        return
+            _echo(_render(o.fmt, c))
+        return 0
+    import json
+
     rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for c in containers:
-        command = c["Command"] if no_trunc else _truncate(c["Command"], 20)
-        rows.append((
-            c["Id"] if no_trunc else c["Id"][:12],
-            c["Image"],
-            f'"{command}"',
-            _ago(c["Created"]),
-            c["Status"],
-            "",
-            ",".join(n.lstrip("/") for n in c["Names"]),
-        ))
+        command = c["Command"] if o.no_trunc else _truncate(c["Command"], 20)
+        rows.append(
+            (
+                c["Id"] if o.no_trunc else c["Id"][:12],
+                c["Image"],
+                # Quoted with escapes, as docker does: a command holding a
+                # newline or tab stays on its row.
+                json.dumps(command, ensure_ascii=False),
+                _ago(c["Created"]),
+                c["Status"],
+                "",
+                ",".join(n.lstrip("/") for n in c["Names"]),
+            )
+        )
     _table(rows)
+    return 0
+
+
+def _filters(items, strict: bool) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if strict and not sep:
+            raise _UsageError(f"invalid filter {item!r}: use key=value")
+        filters.setdefault(key, []).append(value)
+    return filters
 
 
 def _truncate(text: str, width: int) -> str:
@@ -525,6 +866,8 @@ def _truncate(text: str, width: int) -> str:
 
 
 def _ago(unix_s: int) -> str:
+    import time
+
     from .status import human_duration
 
     return human_duration(max(0.0, time.time() - unix_s)) + " ago"
@@ -534,14 +877,14 @@ def _table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [str(cell).ljust(w) for cell, w in zip(row, widths)]
-        click.echo("   ".join(cells).rstrip())
-
-
-_TEMPLATE_FIELD = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}")
+        _echo("   ".join(cells).rstrip())
 
 
 def _render(template: str, doc) -> str:
     """A subset of Go templates: {{.A.B}} and {{json .A.B}}."""
+    import json
+    import re
+
     if template == "json":
         return json.dumps(doc)
 
@@ -555,12 +898,14 @@ def _render(template: str, doc) -> str:
             return str(current).lower()
         if current is None:
             return "<no value>"
-        return json.dumps(current) if isinstance(current, (dict, list)) else str(current)
+        return (
+            json.dumps(current) if isinstance(current, (dict, list)) else str(current)
+        )
 
     # \t and \n are the template's own escapes, as in docker's formats; the
     # values are printed as they are, so {{json ...}} stays valid JSON.
     template = template.replace("\\t", "\t").replace("\\n", "\n")
-    return _TEMPLATE_FIELD.sub(value, template)
+    return re.sub(r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}", value, template)
 
 
 def _field(doc, name: str):
@@ -573,24 +918,33 @@ def _field(doc, name: str):
     return None
 
 
-@main.command()
-@click.option("-f", "--follow", is_flag=True, help="follow new output")
-@click.option("-n", "--tail", default="all", show_default=True,
-              help="lines to show from the end")
-@click.option("-t", "--timestamps", is_flag=True, help="show time stamps")
-@click.option("--since", help="show lines since a Unix time stamp")
-@click.argument("container")
-@click.pass_context
-def logs(ctx, follow, tail, timestamps, since, container):
+def _logs_arguments(p) -> None:
+    _flag(p, "-f", "--follow", help="follow new output")
+    p.add_argument(
+        "-n",
+        "--tail",
+        metavar="N",
+        default="all",
+        help="lines to show from the end  [default: all]",
+    )
+    _flag(p, "-t", "--timestamps", help="show time stamps")
+    p.add_argument("--since", metavar="TIME", help="show lines since a Unix time stamp")
+    p.add_argument("container", metavar="CONTAINER", help=argparse.SUPPRESS)
+
+
+@_command("[OPTIONS] CONTAINER", _logs_arguments)
+def logs(client: Client, o) -> int:
     """Show a container's output."""
-    query = {"follow": int(follow), "tail": tail, "timestamps": int(timestamps),
-             "since": since}
-    _stream_logs(_client(ctx), container, query)
-
-
-def _stream_logs(client: Client, container: str, query: dict) -> None:
-    query = {"stdout": 1, "stderr": 1, **query}
-    _copy_frames(client.open("GET", f"/containers/{container}/logs", query))
+    query = {
+        "stdout": 1,
+        "stderr": 1,
+        "follow": int(o.follow),
+        "tail": o.tail,
+        "timestamps": int(o.timestamps),
+        "since": o.since,
+    }
+    _copy_frames(client.open("GET", f"/containers/{o.container}/logs", query))
+    return 0
 
 
 def _copy_frames(response) -> None:
@@ -604,29 +958,39 @@ def _copy_frames(response) -> None:
         sys.exit(130)
 
 
-@main.command()
-@click.option("-f", "--format", "fmt", help="'{{.Field}}' template")
-@click.option("--type", "kind", type=click.Choice(["container", "image"]),
-              help="only look for this kind of object")
-@click.argument("objects", nargs=-1, required=True)
-@click.pass_context
-def inspect(ctx, fmt, kind, objects):
+def _inspect_arguments(p) -> None:
+    p.add_argument(
+        "-f", "--format", dest="fmt", metavar="TEMPLATE", help="'{{.Field}}' template"
+    )
+    p.add_argument(
+        "--type",
+        dest="kind",
+        metavar="KIND",
+        choices=["container", "image"],
+        help="only look for this kind of object: container or image",
+    )
+    p.add_argument("objects", nargs="+", metavar="OBJECTS", help=argparse.SUPPRESS)
+
+
+@_command("[OPTIONS] OBJECTS...", _inspect_arguments)
+def inspect(client: Client, o) -> int:
     """Show the full record of containers or images as JSON."""
-    client = _client(ctx)
     found, failed = [], False
-    for ref in objects:
-        doc = _inspect_one(client, ref, kind)
+    for ref in o.objects:
+        doc = _inspect_one(client, ref, o.kind)
         if doc is None:
-            click.echo(f"Error: No such object: {ref}", err=True)
+            _echo(f"Error: No such object: {ref}", err=True)
             failed = True
         else:
             found.append(doc)
-    if fmt:
+    if o.fmt:
         for doc in found:
-            click.echo(_render(fmt, doc))
+            _echo(_render(o.fmt, doc))
     else:
-        click.echo(json.dumps(found, indent=4))
-    sys.exit(1 if failed else 0)
+        import json
+
+        _echo(json.dumps(found, indent=4))
+    return 1 if failed else 0
 
 
 def _inspect_one(client: Client, ref: str, kind: str | None):
@@ -643,18 +1007,20 @@ def _inspect_one(client: Client, ref: str, kind: str | None):
 # ---- images ------------------------------------------------------------------
 
 
-@main.command()
-@click.option("-q", "--quiet", is_flag=True, help="only print ids")
-@click.pass_context
-def images(ctx, quiet):
+def _quiet_argument(p) -> None:
+    _flag(p, "-q", "--quiet", help="only print ids")
+
+
+@_command("[OPTIONS]", _quiet_argument)
+def images(client: Client, o) -> int:
     """List images."""
     from .units import format_size
 
-    found = _client(ctx).call("GET", "/images/json")
-    if quiet:
+    found = client.call("GET", "/images/json")
+    if o.quiet:
         for image in found:
-            click.echo(image["Id"].split(":", 1)[1][:12])
-        return
+            _echo(image["Id"].split(":", 1)[1][:12])
+        return 0
     rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     for image in found:
         short_id = image["Id"].split(":", 1)[1][:12]
@@ -663,76 +1029,99 @@ def images(ctx, quiet):
             repo, _, name = tag.rpartition(":")
             rows.append((repo, name, short_id, created, format_size(image["Size"])))
     _table(rows)
+    return 0
 
 
-@main.command()
-@click.option("-i", "--input", "path", required=True, type=click.Path(exists=True,
-              dir_okay=False), help="image tarball (docker-archive or OCI layout)")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing on success")
-@click.pass_context
-def load(ctx, path, quiet):
+def _load_arguments(p) -> None:
+    p.add_argument(
+        "-i",
+        "--input",
+        dest="path",
+        metavar="FILE",
+        required=True,
+        type=_existing_file,
+        help="image tarball (docker-archive or OCI layout)",
+    )
+    _flag(p, "-q", "--quiet", help="print nothing on success")
+
+
+@_command("[OPTIONS]", _load_arguments)
+def load(client: Client, o) -> int:
     """Load an image from a tarball."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        response = _client(ctx).open(
-            "POST", "/images/load", {"quiet": 0}, body=f,
+    import json
+
+    size = os.path.getsize(o.path)
+    with open(o.path, "rb") as f:
+        response = client.open(
+            "POST",
+            "/images/load",
+            {"quiet": 0},
+            body=f,
             headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
         )
         data = response.read()
-    if quiet:
-        return
+    if o.quiet:
+        return 0
     for line in data.splitlines():
         if line.strip():
-            click.echo(json.loads(line).get("stream", "").rstrip("\n"))
+            _echo(json.loads(line).get("stream", "").rstrip("\n"))
+    return 0
 
 
-@main.command()
-@click.option("-f", "--force", is_flag=True, help="accepted for docker compatibility")
-@click.argument("images", nargs=-1, required=True)
-@click.pass_context
-def rmi(ctx, force, images):
+def _rmi_arguments(p) -> None:
+    _flag(p, "-f", "--force", help="accepted for docker compatibility")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help=argparse.SUPPRESS)
+
+
+@_command("[OPTIONS] IMAGES...", _rmi_arguments)
+def rmi(client: Client, o) -> int:
     """Remove one or more images."""
-    client = _client(ctx)
     failed = False
-    for ref in images:
+    for ref in o.images:
         try:
-            for item in client.call("DELETE", f"/images/{ref}", {"force": int(force)}):
+            for item in client.call(
+                "DELETE", f"/images/{ref}", {"force": int(o.force)}
+            ):
                 for key, value in item.items():
-                    click.echo(f"{key}: {value}")
+                    _echo(f"{key}: {value}")
         except ClientError as err:
             _say_error(err)
             failed = True
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 # ---- system ------------------------------------------------------------------
 
 
-@main.command()
-@click.pass_context
-def version(ctx):
+@_command("[OPTIONS]")
+def version(client: Client, o) -> int:
     """Show the client and daemon versions."""
     from . import API_VERSION, __version__
 
-    click.echo(f"Client:\n Version:     {__version__}\n API version: {API_VERSION}\n")
-    doc = _client(ctx).call("GET", "/version")
-    click.echo(
+    _echo(f"Client:\n Version:     {__version__}\n API version: {API_VERSION}\n")
+    doc = client.call("GET", "/version")
+    _echo(
         f"Server: corral\n Engine:\n  Version:     {doc['Version']}\n"
         f"  API version: {doc['ApiVersion']} (minimum version {doc['MinAPIVersion']})\n"
         f"  OS/Arch:     {doc['Os']}/{doc['Arch']}\n"
         f"  Kernel:      {doc['KernelVersion']}"
     )
+    return 0
 
 
-@main.command()
-@click.option("-f", "--format", "fmt", help="'{{.Field}}' template")
-@click.pass_context
-def info(ctx, fmt):
+def _info_arguments(p) -> None:
+    p.add_argument(
+        "-f", "--format", dest="fmt", metavar="TEMPLATE", help="'{{.Field}}' template"
+    )
+
+
+@_command("[OPTIONS]", _info_arguments)
+def info(client: Client, o) -> int:
     """Show daemon-wide information."""
-    doc = _client(ctx).call("GET", "/info")
-    if fmt:
-        click.echo(_render(fmt, doc))
-        return
+    doc = client.call("GET", "/info")
+    if o.fmt:
+        _echo(_render(o.fmt, doc))
+        return 0
     lines = [
         ("Containers", doc["Containers"]),
         (" Running", doc["ContainersRunning"]),
@@ -749,32 +1138,50 @@ def info(ctx, fmt):
         ("Root Dir", doc["DockerRootDir"]),
     ]
     for key, value in lines:
-        click.echo(f"{key}: {value}")
+        _echo(f"{key}: {value}")
+    return 0
 
 
-@main.command()
-@click.option("--since", help="Unix time stamp to start from")
-@click.option("--until", help="Unix time stamp to stop at")
-@click.option("-f", "--filter", "filters", multiple=True, help="key=value")
-@click.option("--format", "fmt", help="'{{.Field}}' template, or json")
-@click.pass_context
-def events(ctx, since, until, filters, fmt):
+def _events_arguments(p) -> None:
+    p.add_argument("--since", metavar="TIME", help="Unix time stamp to start from")
+    p.add_argument("--until", metavar="TIME", help="Unix time stamp to stop at")
+    _repeated(
+        p, "-f", "--filter", dest="filters", metavar="KEY=VALUE", help="key=value"
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        metavar="TEMPLATE",
+        help="'{{.Field}}' template, or json",
+    )
+
+
+@_command("[OPTIONS]", _events_arguments)
+def events(client: Client, o) -> int:
     """Stream the daemon's events."""
-    query_filters: dict[str, list[str]] = {}
-    for item in filters:
-        key, _, value = item.partition("=")
-        query_filters.setdefault(key, []).append(value)
-    query = {"since": since, "until": until,
-             "filters": json.dumps(query_filters) if query_filters else None}
-    response = _client(ctx).open("GET", "/events", query)
+    import json
+    import time
+
+    filters = _filters(o.filters, strict=False)
+    query = {
+        "since": o.since,
+        "until": o.until,
+        "filters": json.dumps(filters) if filters else None,
+    }
+    response = client.open("GET", "/events", query)
     try:
         for line in response:
             event = json.loads(line)
-            if fmt:
-                click.echo(_render(fmt, event))
+            if o.fmt:
+                _echo(_render(o.fmt, event))
             else:
-                attrs = ", ".join(f"{k}={v}" for k, v in event["Actor"]["Attributes"].items())
+                attrs = ", ".join(
+                    f"{k}={v}" for k, v in event["Actor"]["Attributes"].items()
+                )
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event["time"]))
-                click.echo(f"{stamp} {event['Type']} {event['Action']} {event['id']} ({attrs})")
+                _echo(
+                    f"{stamp} {event['Type']} {event['Action']} {event['id']} ({attrs})"
+                )
     except KeyboardInterrupt:
         sys.exit(130)
+    return 0

@@ -2,8 +2,6 @@
 
 import time
 
-from .logs import parse_time_ns
-
 
 def human_duration(seconds: float) -> str:
     if seconds < 1:
@@ -32,6 +30,10 @@ def human_duration(seconds: float) -> str:
 
 
 def _since(stamp: str, now_s: float) -> float:
+    # Imported here, not at the top: `corral ps` needs human_duration from
+    # this module, and .logs would bring in trio, which costs the CLI ~80 ms.
+    from .logs import parse_time_ns
+
     return max(0.0, now_s - parse_time_ns(stamp) / 1e9)
 
 
