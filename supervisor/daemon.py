@@ -1,12 +1,12 @@
 """corrald: the daemon's entry point, locks, and orderly shutdown."""
 
+import argparse
 import fcntl
 import os
 import signal
 import sys
 from pathlib import Path
 
-import click
 import structlog
 import trio
 
@@ -97,29 +97,39 @@ async def serve(config: DaemonConfig) -> None:
         log.info("daemon_stopped")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", help="TOML config file [default: /etc/corral/corrald.toml]")
-@click.option("--socket", help="API socket path [default: /run/corral/corral.sock]")
-@click.option("--root", help="state directory [default: /var/lib/corral]")
-@click.option("--log-level", help="debug, info, warning or error [default: info]")
-@click.option("--cgroup-parent", help="parent cgroup for containers [default: corral]")
-@click.version_option(__version__, prog_name="corrald")
-def main(**flags) -> None:
-    """Run the corral daemon: containers, images and the Docker-shaped API."""
+class UsageError(Exception):
+    """A reason corrald cannot start, printed as `corrald: error: ...`."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corrald",
+        description="Run the corral daemon: containers, images and the Docker-shaped API.",
+        epilog="Flags win over CORRAL_* environment variables, which win over the config file.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file [default: /etc/corral/corrald.toml]")
+    parser.add_argument("--socket", metavar="PATH", help="API socket path [default: /run/corral/corral.sock]")
+    parser.add_argument("--root", metavar="DIR", help="state directory [default: /var/lib/corral]")
+    parser.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error [default: info]")
+    parser.add_argument("--cgroup-parent", metavar="NAME", help="parent cgroup for containers [default: corral]")
+    parser.add_argument("--version", action="version", version=f"corrald, version {__version__}")
+    return parser
+
+
+def _start(flags: dict) -> None:
     try:
         config = load_config(flags)
     except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+        raise UsageError(str(err)) from None
     configure_logging(config.log_level)
     if os.geteuid() != 0:
-        raise click.ClickException("corrald must run as root: it creates namespaces, "
-                                   "mounts and cgroups")
+        raise UsageError("corrald must run as root: it creates namespaces, mounts and cgroups")
     try:
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         locks = [acquire_lock(config.root / "corrald.lock"),
                  acquire_lock(config.socket.with_name(config.socket.name + ".lock"))]
     except AlreadyRunning as err:
-        raise click.ClickException(str(err)) from None
+        raise UsageError(str(err)) from None
     try:
         trio.run(serve, config)
     except Exception as err:
@@ -128,6 +138,16 @@ def main(**flags) -> None:
     finally:
         for fd in locks:
             os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the corral daemon: containers, images and the Docker-shaped API."""
+    parser = _parser()
+    flags = vars(parser.parse_args(argv))
+    try:
+        _start(flags)
+    except UsageError as err:
+        parser.exit(1, f"corrald: error: {err}\n")
 
 
 if __name__ == "__main__":
