@@ -445,6 +445,19 @@ def test_ps_lists_running_by_default_and_all_with_a(daemon, name):
     assert running[:12] in default
 
 
+def test_ps_keeps_a_multi_line_command_on_one_escaped_row(daemon, name):
+    daemon.cli(
+        "create", "--name", name, "busybox:test", "sh", "-c", "echo a\necho\tb",
+        check=True,
+    )
+
+    out = daemon.cli("ps", "-a", "--no-trunc", "--filter", f"name={name}", check=True)
+
+    header, row = out.stdout.splitlines()
+    assert header.startswith("CONTAINER ID")
+    assert '"sh -c \'echo a\\necho\\tb\'"' in row
+
+
 def test_ps_quiet_filters_by_name_and_status(daemon, name):
     up = daemon.run_detached("--name", f"{name}-up", "busybox:test", "sleep", "300")
     done = daemon.cli(
