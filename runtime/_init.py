@@ -116,6 +116,8 @@ SYS_MOVE_MOUNT = 429
 SYS_CLOSE_RANGE = 436
 SYS_MOUNT_SETATTR = 442
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
+SIGSET_BYTES = 8
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -857,15 +859,40 @@ def exec_command(args, env, init=None):
 
     os.umask(0o022)
 
-    # Python ignores these at startup, and ignored signals survive exec.
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+    # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ at
+    # startup, and whatever started the daemon may have ignored others.
+    reset_ignored_signals()
 
     try:
         os.execve(path, args, environment)
     except OSError as err:
         code = EXIT_NOT_FOUND if err.errno == ENOENT else EXIT_CANNOT_EXEC
         raise exec_error(args[0], err.strerror, code) from err
+
+
+def reset_ignored_signals():
+    """Give every ignored signal its default action again.
+
+    The raw system call, because glibc refuses to touch the two real-time
+    signals it keeps for itself (32 and 33), which a parent may still have
+    set to SIG_IGN.
+    """
+    number = SYS_RT_SIGACTION[os.uname().machine]
+    action = (ctypes.c_ulong * 4)()  # handler SIG_DFL, flags, restorer, mask
+    for sig in ignored_signals():
+        check(
+            syscall(number, sig, ctypes.byref(action), None, SIGSET_BYTES),
+            f"reset the action of signal {sig}",
+        )
+
+
+def ignored_signals():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("SigIgn:"):
+                mask = int(line.split()[1], 16)
+                return [bit + 1 for bit in range(64) if mask >> bit & 1]
+    return []
 
 
 def find_executable(name, search_path):

@@ -7,6 +7,7 @@ Only what the tests start is touched.
 """
 
 import contextlib
+import ctypes
 import os
 import secrets
 import select
@@ -241,3 +242,32 @@ def remove_cgroup(path: Path) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# glibc keeps signals 32 and 33 for itself and refuses to change their
+# action, so a test that needs one ignored makes the system call directly.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
+_SIG_IGN = 1
+
+
+def _set_action(sig: int, handler: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    action = (ctypes.c_ulong * 4)(handler, 0, 0, 0)
+    number = _SYS_RT_SIGACTION[os.uname().machine]
+    if libc.syscall(ctypes.c_long(number), sig, ctypes.byref(action), None, 8):
+        raise OSError(ctypes.get_errno(), f"rt_sigaction({sig})")
+
+
+@contextlib.contextmanager
+def signals_blocked_and_ignored():
+    """Block SIGUSR1 and ignore SIGUSR2 and signal 32 in this process, as a
+    careless parent of corrald might; both survive fork and exec."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    _set_action(signal.SIGUSR2, _SIG_IGN)
+    _set_action(32, _SIG_IGN)
+    try:
+        yield
+    finally:
+        _set_action(32, 0)
+        _set_action(signal.SIGUSR2, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})

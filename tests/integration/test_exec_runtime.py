@@ -26,6 +26,7 @@ from rootfs import (
     helper_path,
     make_cgroups,
     remove_cgroup,
+    signals_blocked_and_ignored,
     unique_cgroup_parent,
     wait_for_output,
 )
@@ -360,6 +361,9 @@ def test_killing_an_execs_process_group_reaches_its_descendants(box, target):
         box.exec_spec(target.pid, ["sh", "-c", probe])
     )
     wait_for_output(out_dir / "stdout", "started\n")
+    # The forked shells must have become sleeps before the kill, or their
+    # zombies are named sh.
+    assert wait_for_sleeps(box, target, ["S", "S", "S"]) == ["S", "S", "S"]
 
     os.killpg(result.pid, signal.SIGKILL)
 
@@ -383,11 +387,8 @@ def test_exec_leaks_no_daemon_descriptor(box, target):
 
 
 def test_exec_resets_the_signal_mask_and_ignored_signals(box, target):
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
+    with signals_blocked_and_ignored():
         run = box.exec(target.pid, ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
     assert run.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
 

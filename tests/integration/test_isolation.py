@@ -29,6 +29,7 @@ from rootfs import (
     helper_path,
     make_cgroups,
     remove_cgroup,
+    signals_blocked_and_ignored,
     unique_cgroup_parent,
     wait_for_output,
 )
@@ -354,11 +355,8 @@ def test_no_daemon_descriptor_leaks_into_the_container(box):
 
 def test_signal_mask_and_ignored_signals_are_reset(box):
     # Blocked signals are inherited through fork and exec.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
+    with signals_blocked_and_ignored():
         run = box.run(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
     assert run.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
 
