@@ -23,7 +23,7 @@ from runtime import images as rt_images
 from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
-from .errors import ApiError, BadParameter, Conflict, NotFound
+from .errors import ApiError, BadParameter, Conflict, MethodNotAllowed, NotFound
 from .logs import Follower, parse_time_ns, read_entries
 from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .status import human_status
@@ -111,7 +111,10 @@ class Api:
                     return await handler(request, **match.groupdict())
                 allowed = True
         if allowed:
-            raise ApiError(f"method {request.method} is not allowed on {path}")
+            raise MethodNotAllowed(
+                f"method {request.method} is not allowed on {path}: see the API "
+                "reference for the methods it takes"
+            )
         raise NotFound(f"page not found: {request.method} {request.path}")
 
     # ---- system ----------------------------------------------------------------

@@ -100,6 +100,8 @@ class Engine:
                 continue
             try:
                 async with container.lock:
+                    self._set_restart_state(container,
+                                            policy.started_on_daemon_start(state))
                     run = await self._launch(container)
             except (ServerError, BadParameter) as err:
                 log.warning("restart_failed", container=container.id, error=err.message,
@@ -133,13 +135,16 @@ class Engine:
     def _settle_after_daemon_exit(self, container: Container) -> None:
         # The daemon went away while this container ran: its output pipes went
         # with it. Anything still in its cgroup is killed so the record and the
-        # host agree, and the exit is recorded as a daemon-side failure.
-        try:
-            cgroup = self.cgroups.open(container.id)
-            cgroup.kill()
-            cgroup.remove()
-        except (rt_cgroups.CgroupError, FileNotFoundError) as err:
-            log.warning("cgroup_cleanup_failed", container=container.id, error=str(err))
+        # host agree, and the exit is recorded as a daemon-side failure. A
+        # container that was waiting out a restart delay keeps its last exit.
+        self._kill_leftover_cgroup(container.id)
+        if not container.running:
+            container.state.update(Status="exited", Restarting=False)
+            state = self._restart_state(container)
+            self._set_restart_state(
+                container, dataclasses.replace(state, next_restart_at_s=None))
+            self._save(container)
+            return
         container.state.update(
             Status="exited",
             Running=False,
@@ -153,15 +158,20 @@ class Engine:
         log.info("container_exited", container=container.id, exit_code=255,
                  reason="daemon restarted")
 
+    def _kill_leftover_cgroup(self, name: str) -> None:
+        try:
+            cgroup = self.cgroups.open(name)
+            cgroup.kill()
+            cgroup.remove()
+        except (rt_cgroups.CgroupError, FileNotFoundError) as err:
+            log.warning("cgroup_cleanup_failed", name=name, error=str(err))
+
     def _remove_leftovers(self) -> None:
+        # A cgroup of a stopped container is left by a start that the
+        # daemon's exit cut short.
         for name in self.cgroups.names():
-            if name not in self.containers:
-                try:
-                    cgroup = self.cgroups.open(name)
-                    cgroup.kill()
-                    cgroup.remove()
-                except rt_cgroups.CgroupError as err:
-                    log.warning("cgroup_cleanup_failed", name=name, error=str(err))
+            if name not in self.containers or not self.containers[name].running:
+                self._kill_leftover_cgroup(name)
         for entry in self._dir.iterdir():
             if entry.name not in self.containers:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -176,10 +186,15 @@ class Engine:
         self._shutting_down = True
         async with trio.open_nursery() as nursery:
             for container in list(self.containers.values()):
-                if self._cancel_pending_restart(container):
-                    self._save(container)
-                if container.running:
-                    nursery.start_soon(self.stop, container, None, False)
+                nursery.start_soon(self._shut_down_one, container)
+
+    async def _shut_down_one(self, container: Container) -> None:
+        if self._cancel_pending_restart(container):
+            self._save(container)
+        # A start under way finishes first (no start begins after
+        # _shutting_down is set), so its run is stopped, not left behind.
+        if await self._settled_run(container) is not None:
+            await self.stop(container, None, False)
 
     # ---- lookup ----------------------------------------------------------------
 
@@ -300,6 +315,9 @@ class Engine:
     async def start(self, container: Container) -> None:
         """A manual start: resets the restart count and any pending restart."""
         async with container.lock:
+            if self._shutting_down:
+                raise ServerError("corrald is shutting down: start the container "
+                                  "again once it is back")
             if container.removing:
                 raise Conflict(f"container {container.name} is being removed")
             if container.running:
@@ -624,16 +642,21 @@ class Engine:
             return None
         async with container.lock:
             state = self._restart_state(container)
-            if container.running or container.removing or not state.restart_pending:
+            if (container.running or container.removing or self._shutting_down
+                    or not state.restart_pending):
                 return None
             state = policy.restarted(state, time.time())
             self._set_restart_state(container, state)
             container.record["RestartCount"] = state.restart_count
+            # Saved before the launch: a daemon killed during it must not
+            # forget a restart that the API already showed.
+            self._save(container)
             try:
                 return await self._launch(container)
             except (ServerError, BadParameter) as err:
-                container.state.update(Restarting=False)
+                container.state.update(Restarting=False, Status="exited")
                 self._save(container)
+                container.log.wake()
                 self.events.publish("restart_gave_up", container.id,
                                     container.attributes(reason=err.message))
                 log.warning("restart_failed", error=err.message,
@@ -666,6 +689,9 @@ class Engine:
         container.state.update(Restarting=False, Status="exited")
         state = self._restart_state(container)
         self._set_restart_state(container, dataclasses.replace(state, next_restart_at_s=None))
+        # A logs -f or attach follower waits for the restart that now never
+        # comes.
+        container.log.wake()
         return True
 
     def _restart_state(self, container: Container) -> "policy.RestartState":
@@ -732,8 +758,17 @@ class Engine:
         return container.run
 
     async def kill(self, container: Container, signal_value) -> None:
+        """Send a signal; during a restart delay, any signal is a manual stop
+        that cancels the pending restart (there is no process to signal)."""
         sig = validation.parse_signal(signal_value or "SIGKILL")
-        run = container.run
+        run = await self._settled_run(container)
+        if run is None and self._cancel_pending_restart(container):
+            self._set_restart_state(
+                container, policy.manual_stop(self._restart_state(container)))
+            self._save(container)
+            self.events.publish("kill", container.id,
+                                container.attributes(signal=int(sig)))
+            return
         if run is None:
             raise Conflict(f"Container {container.id} is not running")
         if sig == signal.SIGKILL:

@@ -25,6 +25,10 @@ class Conflict(ApiError):
     status = 409
 
 
+class MethodNotAllowed(ApiError):
+    status = 405
+
+
 class NotModified(ApiError):
     status = 304
 

@@ -50,16 +50,17 @@ meaningful there.
 
 corral's extension fields in HostConfig, next to Docker's RestartPolicy
 (durations in nanoseconds like Docker's other duration fields; a field that
-is absent, null or 0 takes its default, because Go clients send zero values
-for fields they do not set):
+is absent or null takes its default; so does 0, since Go clients send zero
+values for fields they do not set, except in InitialDelay, where 0 asks for
+restarts without delay):
 
     "CorralRestartBackoff": {"InitialDelay": ns (0.1 s), "Factor": 2.0,
                              "MaxDelay": ns (60 s), "ResetAfter": ns (10 s),
                              "Jitter": 0.0}
     "CorralStartLimit": {"Burst": int, "Interval": ns}   (no limit)
 
-Burst and Interval are set together or not at all. Since 0 means the default,
-the shortest InitialDelay one can ask for is 1 ns.
+Burst and Interval are set together or not at all (0 or null for both: no
+limit).
 """
 
 import math
@@ -275,6 +276,13 @@ def manual_stop(state: RestartState) -> RestartState:
     return replace(state, manually_stopped=True, next_restart_at_s=None)
 
 
+def started_on_daemon_start(state: RestartState) -> RestartState:
+    """The daemon started the container at its own start (see
+    ``should_start_on_daemon_start``): an ``always`` container revived after
+    a manual stop restarts by policy again; its count stays."""
+    return replace(state, manually_stopped=False, next_restart_at_s=None)
+
+
 def should_start_on_daemon_start(
     policy: RestartPolicy, state: RestartState, last_exit_code: int | None
 ) -> bool:
@@ -354,7 +362,9 @@ _START_LIMIT_FIELDS = ("Burst", "Interval")
 def _read_backoff(host_config: dict) -> Backoff:
     fields = _extension(host_config, _BACKOFF, _BACKOFF_FIELDS)
     default = Backoff()
-    initial_s = _duration_s(fields, _BACKOFF, "InitialDelay", default.initial_delay_s)
+    initial_s = _duration_s(
+        fields, _BACKOFF, "InitialDelay", default.initial_delay_s, zero_is_default=False
+    )
     max_s = _duration_s(fields, _BACKOFF, "MaxDelay", default.max_delay_s)
     reset_s = _duration_s(fields, _BACKOFF, "ResetAfter", default.reset_after_s)
     factor = _number(fields, _BACKOFF, "Factor", default.factor)
@@ -420,8 +430,12 @@ def _extension(host_config: dict, name: str, allowed: tuple[str, ...]) -> dict:
     return fields
 
 
-def _duration_s(fields: dict, name: str, key: str, default_s: float) -> float:
-    value = fields.get(key) or 0
+def _duration_s(
+    fields: dict, name: str, key: str, default_s: float, zero_is_default=True
+) -> float:
+    value = fields.get(key)
+    if value is None or (value == 0 and zero_is_default):
+        return default_s
     if not _is_int(value):
         raise ValueError(
             f"invalid {name}.{key} {value!r}: durations are whole numbers of "
@@ -430,15 +444,17 @@ def _duration_s(fields: dict, name: str, key: str, default_s: float) -> float:
     if value < 0:
         raise ValueError(
             f"invalid {name}.{key} {value}: a delay cannot be negative; give "
-            f"nanoseconds, or 0 for the default {default_s:g} s"
+            f"nanoseconds, or leave it out for the default {default_s:g} s"
         )
-    return value / NS_PER_S if value else default_s
+    return value / NS_PER_S
 
 
 def _number(fields: dict, name: str, key: str, default: float) -> float:
-    value = fields.get(key) or 0
+    value = fields.get(key) or None
+    if value is None:
+        return default
     if _is_int(value) or (isinstance(value, float) and math.isfinite(value)):
-        return float(value) if value else default
+        return float(value)
     raise ValueError(f"invalid {name}.{key} {value!r}: it must be a finite number")
 
 

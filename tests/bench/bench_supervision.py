@@ -27,7 +27,7 @@ that process); engines' own reports (`inspect`, events, logs) are not used.
    of the container exits at once with status 1 and the engine restarts it.
    gap = exec of the next run's PID 1 - exit of this run's PID 1; the
    overhead is the gap minus the delay the engine was configured to wait:
-     corral  --restart-delay 1ns --restart-max-delay 1ns (its backoff knobs,
+     corral  --restart-delay 0 --restart-max-delay 0 (its backoff knobs,
              HostConfig.CorralRestartBackoff), so the gap is pure overhead;
      docker  cannot be configured: 100 ms before restart k (k = 0, 1, ...)
              doubling, 100 ms * 2^k, so the table shows its gaps by restart
@@ -129,9 +129,9 @@ RESTART_FLAGS = {
         "--restart",
         "always",
         "--restart-delay",
-        "1ns",
+        "0",
         "--restart-max-delay",
-        "1ns",
+        "0",
     ],
     "docker": ["--restart", "always"],
     "podman": ["--restart", "always"],

@@ -871,8 +871,13 @@ def test_health_on_failure_restart_restarts_through_the_backoff_and_counts_it(
 # ---- backoff, manual stops and the start limit ----------------------------------
 
 
+@pytest.mark.parametrize(
+    "command, expected_events",
+    [(["stop"], [("stop", "")]), (["kill", "-s", "USR1"], [("kill", "10")])],
+    ids=["stop", "kill"],
+)
 def test_a_manual_stop_during_the_backoff_of_an_always_container_keeps_it_exited(
-    daemon, case
+    daemon, case, command, expected_events
 ):
     container_id = daemon.run_detached(
         "--name",
@@ -889,9 +894,15 @@ def test_a_manual_stop_during_the_backoff_of_an_always_container_keeps_it_exited
     wait_until(
         lambda: state(daemon, case)["Restarting"], 5 * SLOW, message="in the backoff"
     )
+    waiting = state(daemon, case)["CorralRestart"]
+    assert waiting["BackoffDelaySeconds"] == 2.0
+    assert waiting["NextRestartAt"] != "0001-01-01T00:00:00Z"
+    scheduled = daemon.events(0, container=[container_id], event=["restart_scheduled"])
+    assert [e["Actor"]["Attributes"]["delay"] for e in scheduled] == ["2.000s"]
+    follower = daemon.cli_popen("logs", "-f", case)
     t0 = time.time_ns()
 
-    daemon.cli("stop", case, check=True)
+    daemon.cli(*command, case, check=True)
 
     def stopped() -> bool:
         shown = (*status_and_restarting(daemon, case), restart_count(daemon, case))
@@ -901,7 +912,64 @@ def test_a_manual_stop_during_the_backoff_of_an_always_container_keeps_it_exited
     shown = state(daemon, case)["CorralRestart"]
     assert shown["ManuallyStopped"] is True
     assert shown["NextRestartAt"] == "0001-01-01T00:00:00Z"
-    assert actions(daemon.events(t0, container=[container_id])) == [("stop", "")]
+    assert actions(daemon.events(t0, container=[container_id])) == expected_events
+    # The restart it waited for will not come: logs -f ends.
+    assert follower.wait(timeout=2 * SLOW) == 0
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "kill -9"])
+@pytest.mark.parametrize(
+    "policy, code", [("always", 1), ("on-failure:100", 2)], ids=["always", "on-failure"]
+)
+def test_a_crash_loop_resumes_after_a_daemon_restart_with_its_count_intact(
+    fresh_daemon, how, policy, code
+):
+    d = fresh_daemon
+    d.run_detached(
+        "--name", "loop", "--restart", policy, "--restart-delay", "300ms",
+        "--restart-max-delay", "300ms", "busybox:test", "sh", "-c",
+        f"sleep 0.2; exit {code}",
+    )
+    wait_until(lambda: restart_count(d, "loop") >= 3, 10 * SLOW, message="looping")
+
+    if how == "SIGTERM":
+        d.restart()
+    else:
+        d.crash()
+        d.start()
+    resumed_at = restart_count(d, "loop")
+
+    assert resumed_at >= 3
+    wait_until(
+        lambda: restart_count(d, "loop") >= resumed_at + 3,
+        10 * SLOW,
+        message="the loop goes on, counting from where it was",
+    )
+    doc = d.inspect("loop")
+    assert doc["State"]["ExitCode"] in (0, code)
+    assert doc["State"]["CorralRestart"]["ManuallyStopped"] is False
+
+
+def test_an_always_container_stopped_by_hand_comes_back_and_restarts_again(
+    fresh_daemon,
+):
+    d = fresh_daemon
+    d.run_detached(
+        "--name", "back", "--restart", "always", "--restart-delay", "100ms",
+        "busybox:test", "sh", "-c", "sleep 1; exit 1",
+    )
+    d.cli("stop", "-t", "1", "back", check=True)
+    assert state(d, "back")["CorralRestart"]["ManuallyStopped"] is True
+
+    d.restart()
+
+    wait_until(lambda: state(d, "back")["Running"], 3 * SLOW, message="started again")
+    # Its next crash is restarted by policy, not taken for a manual stop.
+    wait_until(
+        lambda: restart_count(d, "back") >= 1 and state(d, "back")["Running"],
+        6 * SLOW,
+        message="restarted after the crash that followed the daemon restart",
+    )
 
 
 def test_a_start_limit_gives_up_with_a_reason_and_a_restart_gave_up_event(daemon, case):

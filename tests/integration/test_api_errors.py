@@ -216,6 +216,19 @@ def test_stop_with_a_timeout_that_is_not_a_number_is_400(daemon, name):
     assert "t='soon' must be an integer" in reply.json()["message"]
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [("DELETE", "/containers/json"), ("PUT", "/_ping"), ("GET", "/v1.44/containers/create")],
+)
+def test_a_known_path_with_the_wrong_method_is_405_naming_both(daemon, method, path):
+    reply = daemon.request(method, path)
+
+    assert reply.status == 405
+    message = reply.json()["message"]
+    assert message.startswith(f"method {method} is not allowed on ")
+    assert path.removeprefix("/v1.44") in message
+
+
 # ---- 404: no such container or image -------------------------------------------
 
 CONTAINER_CALLS = [

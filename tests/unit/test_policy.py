@@ -474,7 +474,7 @@ def test_from_host_config_parses_the_extension_fields():
 def test_zero_extension_fields_take_the_defaults_like_go_clients_send_them():
     host_config = {
         "CorralRestartBackoff": dict.fromkeys(
-            ("InitialDelay", "Factor", "MaxDelay", "ResetAfter", "Jitter"), 0
+            ("Factor", "MaxDelay", "ResetAfter", "Jitter"), 0
         ),
         "CorralStartLimit": {"Burst": 0, "Interval": 0},
     }
@@ -482,6 +482,22 @@ def test_zero_extension_fields_take_the_defaults_like_go_clients_send_them():
     assert policy.backoff == Backoff()
     assert policy.start_limit == StartLimit()
     validate_extensions({"CorralRestartBackoff": None, "CorralStartLimit": None})
+
+
+def test_an_initial_delay_of_zero_restarts_without_delay_every_time():
+    policy = RestartPolicy.from_host_config(
+        {"RestartPolicy": {"Name": "always"}, **backoff(InitialDelay=0)}
+    )
+    assert policy.backoff == Backoff(initial_delay_s=0.0)
+    state = RestartState()
+    for _ in range(5):
+        decision, state = decide(
+            policy, state, exit_code=1, run_duration_s=0.01,
+            stop_requested=False, now_s=0.0,
+        )
+        assert decision.delay_s == 0.0
+        state = restarted(state, 0.0)
+    assert state.restart_count == 5
 
 
 def test_from_host_config_refuses_an_unknown_policy_name():
