@@ -461,8 +461,6 @@ def _healthcheck(o) -> dict | None:
         doc["Retries"] = o.health_retries
     if o.health_cmd:
         doc["Test"] = ["CMD-SHELL", o.health_cmd]
-    elif doc:
-        raise _UsageError("health options need --health-cmd")
     return doc or None
 
 

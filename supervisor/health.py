@@ -83,6 +83,17 @@ def check_healthcheck(doc) -> None:
         raise ValueError("Healthcheck.Retries must be a whole number >= 0")
 
 
+def merge_healthcheck(requested, from_image):
+    """Config.Healthcheck of a new container, as Docker merges it: the
+    request's fields override the image's HEALTHCHECK one by one, and fields
+    it leaves empty or 0 keep the image's; Test ["NONE"] disables both."""
+    if not requested:
+        return from_image or None
+    merged = dict(from_image or {})
+    merged.update({key: value for key, value in requested.items() if value})
+    return merged if merged.get("Test") else None
+
+
 @dataclass
 class ProbeResult:
     start: str

@@ -142,7 +142,7 @@ def _healthcheck(requested, from_image):
         health.check_healthcheck(requested)
     except ValueError as err:
         raise BadParameter(str(err)) from None
-    return requested or from_image or None
+    return health.merge_healthcheck(requested, from_image)
 
 
 def _stop_timeout(value) -> dict:

@@ -1463,8 +1463,8 @@ def parse_args(argv):
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="concurrency rounds per engine (default 3)",
+        default=10,
+        help="concurrency rounds per engine, interleaved (default 10)",
     )
     parser.add_argument(
         "--settle",

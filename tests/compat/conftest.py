@@ -1,11 +1,14 @@
 """A corrald of the compat suite's own, shared by its tests, with
 busybox:test loaded; tests give their containers unique names."""
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, attach_daemon_logs, open_daemon, unique_name
+from dockercli import DOCKER
 from imagebuild import write_busybox_archive
 
 
@@ -18,6 +21,41 @@ def compat_busybox_archive(tmp_path_factory) -> Path:
 def daemon(compat_busybox_archive) -> Daemon:
     with open_daemon(compat_busybox_archive) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def docker_env(daemon, tmp_path_factory) -> dict:
+    # A config dir of its own, so no user context, credential helper or
+    # plugin of the host's changes what the client does.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(
+        DOCKER_HOST=f"unix://{daemon.socket}",
+        DOCKER_CONFIG=str(tmp_path_factory.mktemp("docker-config")),
+        DOCKER_CLI_HINTS="false",
+    )
+    return env
+
+
+@pytest.fixture
+def docker(docker_env):
+    """Runs the real docker client against the suite's corrald."""
+
+    def run(*args, timeout=60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [DOCKER, *args], capture_output=True, text=True, check=False,
+            env=docker_env, timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def case(docker, name):
+    """A name prefix for the test's containers, all removed afterwards."""
+    yield name
+    ids = docker("ps", "-aq", "--filter", f"name=^{name}").stdout.split()
+    if ids:
+        docker("rm", "-f", *ids)
 
 
 @pytest.fixture

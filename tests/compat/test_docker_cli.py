@@ -1,56 +1,14 @@
 """The real docker client, pointed at corrald with DOCKER_HOST, runs its
 everyday commands successfully: the API is Docker-shaped enough for it."""
 
-import os
 import secrets
-import shutil
-import subprocess
 
 import pytest
 from daemon import wait_until
+from dockercli import needs_docker, ok
 from imagebuild import busybox_image, write_docker_archive, write_oci_archive
 
-DOCKER = shutil.which("docker") or (
-    "/usr/local/bin/docker" if os.access("/usr/local/bin/docker", os.X_OK) else None
-)
-
-pytestmark = pytest.mark.skipif(
-    DOCKER is None,
-    reason="needs the docker client: no `docker` on PATH or at /usr/local/bin/docker",
-)
-
-
-@pytest.fixture(scope="module")
-def docker_env(daemon, tmp_path_factory) -> dict:
-    # A config dir of its own, so no user context, credential helper or
-    # plugin of the host's changes what the client does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-    env.update(
-        DOCKER_HOST=f"unix://{daemon.socket}",
-        DOCKER_CONFIG=str(tmp_path_factory.mktemp("docker-config")),
-        DOCKER_CLI_HINTS="false",
-    )
-    return env
-
-
-@pytest.fixture
-def docker(docker_env):
-    def run(*args, timeout=60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [DOCKER, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=docker_env,
-            timeout=timeout,
-        )
-
-    return run
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result
+pytestmark = needs_docker
 
 
 def test_docker_version_shows_corral_as_the_server(docker):

@@ -4,63 +4,13 @@ see them."""
 
 import concurrent.futures
 import json
-import os
-import shutil
 import subprocess
 import time
 
 import pytest
+from dockercli import DOCKER, needs_docker, ok
 
-DOCKER = shutil.which("docker") or (
-    "/usr/local/bin/docker" if os.access("/usr/local/bin/docker", os.X_OK) else None
-)
-
-pytestmark = pytest.mark.skipif(
-    DOCKER is None,
-    reason="needs the docker client: no `docker` on PATH or at /usr/local/bin/docker",
-)
-
-
-@pytest.fixture(scope="module")
-def docker_env(daemon, tmp_path_factory) -> dict:
-    # A config dir of its own, so no user context, credential helper or
-    # plugin of the host's changes what the client does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-    env.update(
-        DOCKER_HOST=f"unix://{daemon.socket}",
-        DOCKER_CONFIG=str(tmp_path_factory.mktemp("docker-config")),
-        DOCKER_CLI_HINTS="false",
-    )
-    return env
-
-
-@pytest.fixture
-def docker(docker_env):
-    def run(*args, timeout=60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [DOCKER, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=docker_env,
-            timeout=timeout,
-        )
-
-    return run
-
-
-@pytest.fixture
-def case(docker, name):
-    """A name prefix for the test's containers, all removed afterwards."""
-    yield name
-    ids = docker("ps", "-aq", "--filter", f"name=^{name}").stdout.split()
-    if ids:
-        docker("rm", "-f", *ids)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result
+pytestmark = needs_docker
 
 
 def container_count(docker) -> int:

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import pytest
 from daemon import Daemon, holds_for, unique_name, wait_until
+from imagebuild import busybox_image, write_docker_archive
 
 SLOW = float(os.environ.get("SLOW", "1"))
 COUNTER_SH = "n=$(cat /n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /n; "
@@ -825,6 +826,94 @@ def test_a_hung_shell_probe_is_killed_with_its_children_at_the_timeout(daemon, c
     assert len([a for a in left if a == "sleep 30"]) <= 1, left
 
 
+def test_health_on_failure_stop_stops_it_for_good_with_its_stop_signal_and_timeout(
+    daemon, case
+):
+    t0 = time.time_ns()
+    container_id = daemon.run_detached(
+        "--name", case, "--restart", "always", "--stop-timeout", "1",
+        "--health-on-failure", "stop", "--health-cmd", "exit 1",
+        "--health-interval", "200ms", "--health-retries", "1",
+        "busybox:test", "sleep", "300",
+    )
+
+    wait_until(lambda: not state(daemon, case)["Running"], 5 * SLOW, message="stopped")
+
+    holds_for(
+        lambda: status_and_restarting(daemon, case) == ("exited", False), 2,
+        message="a stop by the health action is not restarted",
+    )
+    assert restart_count(daemon, case) == 0
+    assert state(daemon, case)["ExitCode"] == 137
+    events = actions(
+        daemon.events(t0, container=[container_id]),
+        "health_status: unhealthy", "kill", "die", "stop",
+    )
+    assert events == [
+        ("health_status: unhealthy", ""), ("kill", "15"), ("kill", "9"),
+        ("die", "137"), ("stop", ""),
+    ]
+
+
+def test_health_on_failure_kill_kills_it_and_the_restart_policy_decides(daemon, case):
+    t0 = time.time_ns()
+    container_id = daemon.run_detached(
+        "--name", case, "--health-on-failure", "kill", "--health-cmd", "exit 1",
+        "--health-interval", "200ms", "--health-retries", "1",
+        "busybox:test", "sleep", "300",
+    )
+
+    wait_until(lambda: not state(daemon, case)["Running"], 5 * SLOW, message="killed")
+
+    assert (state(daemon, case)["ExitCode"], restart_count(daemon, case)) == (137, 0)
+    events = actions(daemon.events(t0, container=[container_id]), "kill", "die")
+    assert events == [("kill", "9"), ("die", "137")]
+
+
+@pytest.fixture
+def healthcheck_image(daemon, tmp_path):
+    """An image whose HEALTHCHECK prints from-image every 200 ms."""
+    tag = f"health-{os.urandom(3).hex()}:1"
+    check = {"Test": ["CMD-SHELL", "echo from-image"], "Interval": 200_000_000}
+    image = busybox_image([tag], config={"Healthcheck": check})
+    write_docker_archive(tmp_path / "health.tar", [image])
+    daemon.cli("load", "-i", str(tmp_path / "health.tar"), check=True)
+    yield tag
+    daemon.api("DELETE", f"/images/{tag}")
+
+
+def test_the_images_healthcheck_runs_and_options_adjust_it_field_by_field(
+    daemon, healthcheck_image, case
+):
+    daemon.run_detached("--name", case, healthcheck_image, "sleep", "300")
+    daemon.run_detached(
+        "--name", f"{case}-tuned", "--health-retries", "1",
+        "--health-timeout", "2s", healthcheck_image, "sleep", "300",
+    )
+
+    for ref in (case, f"{case}-tuned"):
+        wait_until(
+            lambda ref=ref: health(daemon, ref)["Status"] == "healthy", 5 * SLOW,
+            message=f"{ref} healthy through the image's check",
+        )
+        assert health(daemon, ref)["Log"][0]["Output"] == "from-image\n"
+    tuned = daemon.inspect(f"{case}-tuned")["Config"]["Healthcheck"]
+    assert tuned == {
+        "Test": ["CMD-SHELL", "echo from-image"], "Interval": 200_000_000,
+        "Retries": 1, "Timeout": 2_000_000_000,
+    }
+
+
+def test_no_healthcheck_disables_the_images_check(daemon, healthcheck_image, case):
+    daemon.run_detached("--name", case, "--no-healthcheck", healthcheck_image,
+                        "sleep", "300")
+
+    holds_for(
+        lambda: "Health" not in state(daemon, case), 1, message="no health state"
+    )
+    assert daemon.inspect(case)["Config"]["Healthcheck"]["Test"] == ["NONE"]
+
+
 def test_health_on_failure_restart_restarts_through_the_backoff_and_counts_it(
     daemon, case
 ):
@@ -970,6 +1059,59 @@ def test_an_always_container_stopped_by_hand_comes_back_and_restarts_again(
         6 * SLOW,
         message="restarted after the crash that followed the daemon restart",
     )
+
+
+def test_every_backoff_flag_lands_in_its_hostconfig_field(daemon, case):
+    daemon.cli(
+        "create", "--name", case, "--restart", "always",
+        "--restart-delay", "500ms", "--restart-factor", "3",
+        "--restart-max-delay", "5m", "--restart-reset-after", "1m",
+        "--restart-jitter", "0.2", "--start-limit", "5/30s",
+        "busybox:test", "true", check=True,
+    )
+
+    host = daemon.inspect(case)["HostConfig"]
+    assert host["CorralRestartBackoff"] == {
+        "InitialDelay": 500_000_000, "Factor": 3, "MaxDelay": 300_000_000_000,
+        "ResetAfter": 60_000_000_000, "Jitter": 0.2,
+    }
+    assert host["CorralStartLimit"] == {"Burst": 5, "Interval": 30_000_000_000}
+
+
+def test_logs_follow_goes_on_across_automatic_restarts_until_the_last_exit(
+    daemon, case
+):
+    daemon.run_detached(
+        "--name", case, "--restart", "on-failure:2", "--restart-delay", "300ms",
+        "busybox:test", "sh", "-c", COUNTER_SH + 'echo "run $n"; exit 1',
+    )
+    follower = daemon.cli_popen("logs", "-f", case)
+
+    out, _ = follower.communicate(timeout=10 * SLOW)
+
+    assert out.splitlines() == ["run 1", "run 2", "run 3"]
+    assert follower.returncode == 0
+    assert restart_count(daemon, case) == 2
+
+
+def test_stop_kills_a_pid_1_that_ignores_sigterm_after_the_timeout_within_10_percent(
+    daemon, case
+):
+    container_id = daemon.run_detached(
+        "--name", case, "busybox:test", "sh", "-c", "while :; do sleep 1; done"
+    )
+    t0 = time.time_ns()
+
+    daemon.cli("stop", "-t", "2", case, check=True)
+
+    events = daemon.events(t0, container=[container_id])
+    term = [e for e in events if e["Action"] == "kill"][0]
+    assert term["Actor"]["Attributes"]["signal"] == "15"
+    sigkill_after_s = times_of(events, "kill")[1] - term["timeNano"] / 1e9
+    die_after_s = times_of(events, "die")[0] - term["timeNano"] / 1e9
+    assert 2.0 <= sigkill_after_s <= 2.2
+    assert 2.0 <= die_after_s <= 2.2
+    assert state(daemon, case)["ExitCode"] == 137
 
 
 def test_a_start_limit_gives_up_with_a_reason_and_a_restart_gave_up_event(daemon, case):

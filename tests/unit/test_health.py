@@ -1,6 +1,12 @@
 import pytest
 
-from supervisor.health import HealthConfig, HealthState, ProbeResult, check_healthcheck
+from supervisor.health import (
+    HealthConfig,
+    HealthState,
+    ProbeResult,
+    check_healthcheck,
+    merge_healthcheck,
+)
 
 
 def result(code: int) -> ProbeResult:
@@ -62,3 +68,25 @@ def test_the_log_keeps_the_last_five_results():
 def test_malformed_health_checks_are_refused_with_the_reason(doc, words):
     with pytest.raises(ValueError, match=words):
         check_healthcheck(doc)
+
+
+IMAGE_CHECK = {"Test": ["CMD", "probe"], "Interval": 5_000_000_000, "Retries": 4}
+
+
+def test_a_request_without_a_healthcheck_keeps_the_images():
+    assert merge_healthcheck(None, IMAGE_CHECK) == IMAGE_CHECK
+    assert merge_healthcheck({}, IMAGE_CHECK) == IMAGE_CHECK
+    assert merge_healthcheck(None, None) is None
+
+
+def test_request_fields_override_the_images_one_by_one_and_zeros_keep_them():
+    merged = merge_healthcheck({"Retries": 1, "Interval": 0}, IMAGE_CHECK)
+    assert merged == {**IMAGE_CHECK, "Retries": 1}
+    merged = merge_healthcheck({"Test": ["CMD-SHELL", "other"]}, IMAGE_CHECK)
+    assert merged["Test"] == ["CMD-SHELL", "other"]
+    assert merged["Interval"] == 5_000_000_000
+
+
+def test_none_disables_the_images_check_and_timings_alone_make_no_check():
+    assert merge_healthcheck({"Test": ["NONE"]}, IMAGE_CHECK)["Test"] == ["NONE"]
+    assert merge_healthcheck({"Retries": 2}, None) is None
