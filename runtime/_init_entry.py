@@ -10,6 +10,6 @@ import sys
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-import _init  # noqa: E402
+import _init
 
 _init.main(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""Daemon-side system calls the standard library does not wrap.
+"""Daemon-side system calls the standard library does not wrap: the child
+subreaper flag and inotify.
 
 A child subreaper adopts the orphaned descendants of its children instead of
 init. corrald needs it: the init helper exits right after forking the
@@ -28,3 +29,29 @@ def is_child_subreaper() -> bool:
         errno = ctypes.get_errno()
         raise OSError(errno, "cannot read the child subreaper flag (prctl)")
     return value.value != 0
+
+
+# inotify: the kernel queues one event per change of a watched file; cgroupfs
+# raises IN_MODIFY on files such as memory.events and cgroup.events when
+# their content changes, though nobody wrote to them.
+IN_MODIFY = 0x00000002
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+
+def inotify_init() -> int:
+    """A new non-blocking, close-on-exec inotify descriptor."""
+    fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "cannot create an inotify instance (inotify_init1)")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str, mask: int = IN_MODIFY) -> int:
+    """Watch `path` for the events in `mask`; returns the watch descriptor."""
+    wd = _libc.inotify_add_watch(fd, path.encode(), mask)
+    if wd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"cannot watch {path} (inotify_add_watch)", path)
+    return wd

@@ -102,6 +102,10 @@ class Limits:
     cpu_quota_us: int | None = None
     cpu_period_us: int | None = None
     pids_max: int | None = None
+    # v2's memory.oom.group: an OOM kill takes every process of the cgroup.
+    # Ignored where the file does not exist (v1, hybrid); the daemon then
+    # kills the container itself after an OOM kill.
+    oom_group: bool = False
 
 
 @dataclass(frozen=True)
@@ -791,9 +795,20 @@ def swap_total_bytes(
 def _limit_writes(dirs: CgroupDirs, limits: Limits) -> list[_Write]:
     return (
         _memory_writes(dirs, limits)
+        + _oom_group_writes(dirs, limits)
         + _cpu_writes(dirs, limits)
         + _pids_writes(dirs, limits)
     )
+
+
+def _oom_group_writes(dirs: CgroupDirs, limits: Limits) -> list[_Write]:
+    if not limits.oom_group or dirs.layout is not Layout.V2:
+        return []
+    path = dirs.path("memory") / "memory.oom.group"
+    if not path.exists():
+        return []
+    return [_Write("OOM group kill", "on", path, "1",
+                   "the kernel rejected memory.oom.group; run without --oom-kill-group")]
 
 
 def _memory_writes(dirs: CgroupDirs, limits: Limits) -> list[_Write]:
@@ -974,6 +989,16 @@ def memory_usage_bytes(dirs: CgroupDirs) -> int:
 def memory_stat(dirs: CgroupDirs) -> dict[str, int]:
     """memory.stat as a dict; the keys differ between v1 and v2."""
     return _read_keyed(dirs.path("memory") / "memory.stat")
+
+
+def memory_peak_bytes(dirs: CgroupDirs) -> int | None:
+    """The most memory the cgroup has used since it was made; None where
+    the kernel does not keep it (v2 before Linux 5.19)."""
+    name = "memory.peak" if dirs.layout is Layout.V2 else "memory.max_usage_in_bytes"
+    try:
+        return _read_int(dirs.path("memory") / name)
+    except (FileNotFoundError, CgroupError, ValueError):
+        return None
 
 
 def memory_events(dirs: CgroupDirs) -> dict[str, int]:

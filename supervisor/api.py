@@ -239,7 +239,9 @@ class Api:
 
     async def inspect(self, request: Request, ref: str) -> Response:
         container = self.engine.find(ref)
-        return json_response(container.record)
+        state = {**container.state,
+                 "CorralPressure": self.engine.pressure_view(container)}
+        return json_response({**container.record, "State": state})
 
     async def start(self, request: Request, ref: str) -> Response:
         await self.engine.start(self.engine.find(ref))

@@ -36,6 +36,14 @@ class Run:
     killed_with: int | None = None
     # "restart" or "kill" when a failed health check ended the run.
     unhealthy_action: str | None = None
+    # "restart" or "kill" when a pressure action ended the run.
+    pressure_action: str | None = None
+    # The cgroup watchers of this run (supervisor.watchers.RunWatch).
+    watch: object | None = None
+    # Whether the kernel log named PID 1 as an OOM victim of this run.
+    pid1_oom_killed: bool = False
+    # Resources whose pressure is high right now.
+    pressure_high: set = field(default_factory=set)
 
 
 @dataclass
@@ -92,4 +100,6 @@ def new_state() -> dict:
         "Error": "",
         "StartedAt": ZERO_TIME,
         "FinishedAt": ZERO_TIME,
+        "CorralOomKillCount": 0,
+        "CorralTerminations": [],
     }

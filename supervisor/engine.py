@@ -21,9 +21,12 @@ import trio
 from metrics.collector import Target
 from runtime import cgroups as rt_cgroups
 from runtime import images as rt_images
+from runtime import pressure as rt_pressure
 from runtime import process as rt_process
+from runtime.kmsg import KernelLog
 
 from . import execs, health, names, policy, validation
+from . import pressure as pressure_rules
 from ._procs import read_to_eof, reap, wait_process
 from .config import DaemonConfig
 from .container import ZERO_TIME, Container, Run, new_state, now_rfc3339
@@ -38,6 +41,7 @@ from .errors import (
 from .events import EventBus
 from .logs import LineSplitter, LogWriter, parse_time_ns
 from .store import Store
+from .watchers import OomKill, PressureMode, RunWatch
 
 log = structlog.get_logger()
 
@@ -45,6 +49,7 @@ HELPER_TIMEOUT_S = 30
 PUMP_DRAIN_S = 2
 READ_BYTES = 64 * 1024
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+MAX_TERMINATIONS = 10
 HOSTS_TEMPLATE = (
     "127.0.0.1\tlocalhost\n"
     "::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -75,18 +80,31 @@ class Engine:
         self._shutting_down = False
         self.execs: dict[str, execs.ExecInstance] = {}
         self._dir = config.root / "containers"
+        self.kmsg: KernelLog | None = None
+        self.pressure_mode = PressureMode("unavailable", 1.0)
 
     # ---- set-up and shutdown -------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Own every supervision task; started once per daemon."""
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._start_watching()
         self._load()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await self._start_on_daemon_start()
             await trio.sleep_forever()
+
+    def _start_watching(self) -> None:
+        """Open the kernel log for OOM victims; find how pressure is watched."""
+        self.kmsg = KernelLog()
+        if self.kmsg.error:
+            log.warning("kernel_log_unreadable", error=self.kmsg.error,
+                        consequence="OOM events do not name the killed process")
+        self.pressure_mode = PressureMode.detect(self.cgroups.parent_dirs().unified)
+        log.info("pressure_watch_mode", mode=self.pressure_mode.mode,
+                 window_s=self.pressure_mode.window_s)
 
     async def _start_on_daemon_start(self) -> None:
         """Start the containers whose restart policy says to, counts intact."""
@@ -468,6 +486,7 @@ class Engine:
             while run is not None:
                 status = await self._watch_run(container, run)
                 self._finish_run(container, run, status)
+                self._drop_cgroup(run.cgroup)
                 run = await self._restart_after(container, run, status)
         except Exception:
             # One container's failure must never take the daemon down with it.
@@ -487,26 +506,113 @@ class Engine:
             pass
         self._nursery.start_soon(reap, run.pid)
         self._finish_run(container, run, rt_process.ExitStatus(exit_code=137, signal=9))
+        self._drop_cgroup(run.cgroup)
         container.state["Error"] = "corrald lost track of this run and killed it"
         self._save(container)
 
     async def _watch_run(self, container: Container, run: Run):
         check = health.HealthConfig.from_config(container.record["Config"].get("Healthcheck"))
+        run.watch = self._run_watch(container, run)
         async with trio.open_nursery() as pumps:
             pumps.start_soon(self._pump, container, run.stdout_fd, "stdout")
             pumps.start_soon(self._pump, container, run.stderr_fd, "stderr")
             probes = trio.CancelScope()
             if check is not None:
                 pumps.start_soon(self._check_health, container, run, check, probes)
+            watchers = trio.CancelScope()
+            pumps.start_soon(_in_scope, watchers, run.watch.watch_oom,
+                             run.watch.watch_pressure)
             await trio.lowlevel.wait_readable(run.pidfd)
             probes.cancel()
+            watchers.cancel()
             status = rt_process.exit_status(run.pidfd)
+            # Before the die event: an OOM kill whose notification has not
+            # been handled yet is reported now, so oom always precedes die.
+            run.watch.check_oom()
             # PID 1's death tears down its pid namespace, so the pipes close
             # promptly; the deadline only guards against a stray holder.
             pumps.cancel_scope.deadline = trio.current_time() + PUMP_DRAIN_S
         os.close(run.pidfd)
-        self._drop_cgroup(run.cgroup)
         return status
+
+    def _run_watch(self, container: Container, run: Run) -> RunWatch:
+        host = container.record["HostConfig"]
+        return RunWatch(
+            container_id=container.id,
+            pid1=run.pid,
+            dirs=run.cgroup.dirs,
+            kmsg=self.kmsg,
+            mode=self.pressure_mode,
+            pressure=pressure_rules.PressureConfig.from_host_config(host),
+            on_oom=lambda kills: self._on_oom(container, run, kills),
+            on_pressure=lambda resource, turn, share: self._on_pressure(
+                container, run, resource, turn, share),
+        )
+
+    def _on_oom(self, container: Container, run: Run, kills: list[OomKill]) -> None:
+        state = container.state
+        state["OOMKilled"] = True
+        state["CorralOomKillCount"] = state.get("CorralOomKillCount", 0) + len(kills)
+        self._save(container)
+        for kill in kills:
+            extra = {}
+            if kill.pid is not None:
+                extra = {"pid": kill.pid, "pid1": str(kill.pid1).lower()}
+                run.pid1_oom_killed = run.pid1_oom_killed or kill.pid1
+            self.events.publish("oom", container.id, container.attributes(**extra))
+            log.warning("oom_detected", killed_pid=kill.pid, pid1=kill.pid1,
+                        count=state["CorralOomKillCount"])
+        if (container.record["HostConfig"].get("CorralOomKillGroup")
+                and run.cgroup.layout is not rt_cgroups.Layout.V2):
+            # No memory.oom.group outside v2: the container dies together by
+            # its PID 1's death, which ends its pid namespace.
+            self._send_signal(container, run, signal.SIGKILL)
+
+    def _on_pressure(self, container: Container, run: Run, resource: str, turn: str,
+                     share: float) -> None:
+        if turn == "act":
+            self._act_on_pressure(container, run, resource, share)
+            return
+        if turn == "high":
+            run.pressure_high.add(resource)
+        else:
+            run.pressure_high.discard(resource)
+        action = "pressure_high" if turn == "high" else "pressure_cleared"
+        self.events.publish(action, container.id, container.attributes(
+            resource=resource, share=f"{share:.1f}"))
+        log.info(action, resource=resource, share=round(share, 1))
+
+    def _act_on_pressure(self, container, run: Run, resource: str, share: float):
+        host = container.record["HostConfig"]
+        rule = next(a for a in host.get("CorralPressureActions") or []
+                    if a["Resource"] == resource)
+        log.warning("pressure_action_taken", resource=resource, share=round(share, 1),
+                    action=rule["Action"])
+        if rule["Action"] == "stop":
+            run.pressure_action = "stop"
+            self._nursery.start_soon(self.stop, container, None)
+            return
+        run.pressure_action = rule["Action"]
+        self._send_signal(container, run, signal.SIGKILL)
+
+    def pressure_view(self, container: Container) -> dict:
+        """State.CorralPressure of inspect: the live pressure files of the
+        current run, and how they are watched."""
+        view = {"Mode": self.pressure_mode.mode,
+                "WindowSeconds": self.pressure_mode.window_s, "High": []}
+        run = container.run
+        if run is None or run.cgroup.dirs.unified is None:
+            return view
+        view["High"] = sorted(run.pressure_high)
+        for resource in pressure_rules.RESOURCES:
+            try:
+                stalls = rt_pressure.read_pressure(run.cgroup.dirs.unified, resource)
+            except (FileNotFoundError, OSError):
+                continue
+            view[resource.capitalize()] = {
+                kind.capitalize(): stall.to_dict() for kind, stall in stalls.items()
+            }
+        return view
 
     async def _check_health(self, container, run: Run, check, scope) -> None:
         """Probe the run's health on the daemon's own scheduler, and act on it."""
@@ -596,27 +702,56 @@ class Engine:
         manual = run.stop_requested or (
             run.killed_with is not None and status.signal == run.killed_with
         )
+        termination = self._termination(container, run, status, manual)
+        history = container.state.get("CorralTerminations") or []
+        container.state["CorralTerminations"] = [*history, termination][-MAX_TERMINATIONS:]
         state = self._restart_state(container)
         if manual:
             state = policy.manual_stop(state)
             self._set_restart_state(container, state)
         self._save(container)
+        extra = {"reason": termination["Reason"]} if termination["Reason"] != "exit" else {}
         self.events.publish(
-            "die", container.id, container.attributes(exitCode=status.exit_code)
+            "die", container.id, container.attributes(exitCode=status.exit_code, **extra)
         )
         log.info("container_exited", exit_code=status.exit_code, signal=status.signal,
-                 requested=manual)
+                 requested=manual, reason=termination["Reason"])
         run.exited.set()
         old, container.exited = container.exited, trio.Event()
         old.set()
         container.log.wake()
+
+    def _termination(self, container: Container, run: Run, status, manual: bool) -> dict:
+        """One entry of State.CorralTerminations: how and why this run ended."""
+        oom = container.state["OOMKilled"]
+        if run.pressure_action:
+            reason = "pressure"
+        elif run.unhealthy_action:
+            reason = "unhealthy"
+        elif oom and status.signal == signal.SIGKILL and not manual:
+            reason = "oom"
+        elif status.signal:
+            reason = "signal"
+        else:
+            reason = "exit"
+        watch = run.watch
+        return {
+            "FinishedAt": now_rfc3339(),
+            "ExitCode": status.exit_code,
+            "Signal": signal.Signals(status.signal).name if status.signal else "",
+            "OOMKilled": oom,
+            "Reason": reason,
+            "Requested": manual,
+            "PeakMemoryBytes": rt_cgroups.memory_peak_bytes(run.cgroup.dirs),
+            "PeakMemoryPressure": watch.peak_memory_pressure() if watch else 0.0,
+        }
 
     async def _restart_after(self, container: Container, run: Run, status) -> Run | None:
         """Wait out the backoff and start the next run, or None to stop here."""
         if self._shutting_down or container.removing:
             return None
         rules = policy.RestartPolicy.from_host_config(container.record["HostConfig"])
-        if run.unhealthy_action == "restart" and rules.name == "no":
+        if "restart" in (run.unhealthy_action, run.pressure_action) and rules.name == "no":
             # The user asked for restarts on failed health checks: they go
             # through the backoff and are counted like any other restart.
             rules = dataclasses.replace(rules, name="always")
@@ -907,6 +1042,14 @@ class Engine:
             self.store.save_container(container.record)
 
 
+async def _in_scope(scope: trio.CancelScope, *functions) -> None:
+    """Run the functions side by side until they end or scope is cancelled."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            for fn in functions:
+                nursery.start_soon(fn)
+
+
 def _with_hostname(env: list[str], hostname: str) -> list[str]:
     """Docker sets HOSTNAME for the container unless the user did."""
     if any(item.startswith("HOSTNAME=") for item in env):
@@ -952,6 +1095,7 @@ def _limits(host: dict) -> "rt_cgroups.Limits":
         cpu_quota_us=quota,
         cpu_period_us=period,
         pids_max=pids if pids and pids > 0 else None,
+        oom_group=bool(host.get("CorralOomKillGroup")),
     )
 
 

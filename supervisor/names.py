@@ -2,14 +2,8 @@
 
 import secrets
 
-_ADJECTIVES = (
-    "brave calm clever eager fancy gentle happy jolly keen lucky merry nimble "
-    "proud quick quiet sharp steady swift tidy witty bold bright cosy daring"
-).split()
-_NOUNS = (
-    "badger bison colt falcon fox gecko heron ibex jackal lynx marmot mustang "
-    "otter pony puffin quail raven stallion tapir walrus yak zebra mare foal"
-).split()
+_ADJECTIVES = ["brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucky", "merry", "nimble", "proud", "quick", "quiet", "sharp", "steady", "swift", "tidy", "witty", "bold", "bright", "cosy", "daring"]
+_NOUNS = ["badger", "bison", "colt", "falcon", "fox", "gecko", "heron", "ibex", "jackal", "lynx", "marmot", "mustang", "otter", "pony", "puffin", "quail", "raven", "stallion", "tapir", "walrus", "yak", "zebra", "mare", "foal"]
 
 
 def random_name() -> str:

@@ -9,7 +9,7 @@ import re
 import signal as _signal
 from dataclasses import dataclass
 
-from . import health, policy
+from . import health, policy, pressure
 from .errors import BadParameter
 from .units import parse_size
 
@@ -217,6 +217,13 @@ def _check_host_config(host: dict, host_cpus: int) -> dict:
         policy.validate_extensions(host)
     except ValueError as err:
         raise BadParameter(str(err)) from None
+    try:
+        pressure_config = pressure.PressureConfig.from_host_config(host)
+    except ValueError as err:
+        raise BadParameter(str(err)) from None
+    oom_group = host.get("CorralOomKillGroup") or False
+    if not isinstance(oom_group, bool):
+        raise BadParameter("HostConfig.CorralOomKillGroup must be true or false")
     on_failure = host.get("CorralHealthOnFailure") or "none"
     if on_failure not in health.ACTIONS:
         raise BadParameter(
@@ -228,6 +235,9 @@ def _check_host_config(host: dict, host_cpus: int) -> dict:
         "NetworkMode": _check_network(host.get("NetworkMode")),
         "RestartPolicy": restart,
         "CorralHealthOnFailure": on_failure,
+        "CorralOomKillGroup": oom_group,
+        "CorralPressureThresholds": pressure_config.thresholds,
+        "CorralPressureActions": [a.to_host_config() for a in pressure_config.actions],
         "AutoRemove": bool(host.get("AutoRemove")),
         "Init": bool(host.get("Init")),
         "Memory": memory,
