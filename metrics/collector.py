@@ -12,22 +12,24 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime import cgroups
+from runtime import cgroups, pressure
 
 LABELS = ["id", "name", "image"]
 
 
 @dataclass
 class Target:
-    """What the collector may know of one running container."""
+    """What the collector may know of one container; cgroup is None when
+    it is not running, and then only its lifetime counters are reported."""
 
     cgroup_id: str
     name: str
     image: str
-    cgroup: cgroups.CgroupDirs
+    cgroup: cgroups.CgroupDirs | None
     started_at_s: float
     memory_limit_bytes: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    oom_kills: int = 0  # over all runs, from the daemon's OOM watchers
 
 
 class ContainerCollector(Collector):
@@ -38,12 +40,15 @@ class ContainerCollector(Collector):
     def collect(self):
         families = _families()
         for target in self._targets():
+            values = [target.cgroup_id, target.name, target.image]
+            families["oom"].add_metric(values, target.oom_kills)
+            if target.cgroup is None:
+                continue
             try:
                 samples = _read(target)
             except (FileNotFoundError, ProcessLookupError):
                 self.vanished += 1
                 continue
-            values = [target.cgroup_id, target.name, target.image]
             for key, value in samples.items():
                 families[key].add_metric(values, value)
         yield from families.values()
@@ -87,7 +92,28 @@ def _families() -> dict:
             "Start time of the container's current run since the Unix epoch in seconds.",
             labels=LABELS,
         ),
+        "oom": CounterMetricFamily(
+            "container_oom_events",
+            "Count of out of memory events observed for the container.",
+            labels=LABELS,
+        ),
+        **{
+            f"pressure_{resource}_{name}": CounterMetricFamily(
+                f"container_pressure_{resource}_{name}_seconds",
+                f"Total time duration {meaning} on {resource} in seconds.",
+                labels=LABELS,
+            )
+            for resource in pressure.RESOURCES
+            for name, meaning in _PRESSURE_KINDS.values()
+        },
     }
+
+
+# Pressure file line -> (metric name part, what it measures), cAdvisor's names.
+_PRESSURE_KINDS = {
+    "some": ("waiting", "at least one task in the container waited"),
+    "full": ("stalled", "all non-idle tasks in the container stalled"),
+}
 
 
 def _read(target: Target) -> dict[str, float]:
@@ -101,4 +127,18 @@ def _read(target: Target) -> dict[str, float]:
         "processes": cgroups.pids_current(target.cgroup),
         "limit": target.memory_limit_bytes,
         "start": target.started_at_s,
+        **_pressure_samples(target.cgroup),
     }
+
+
+def _pressure_samples(dirs: cgroups.CgroupDirs) -> dict[str, float]:
+    """Pressure totals in seconds; none at all where the host has no PSI
+    (pure v1, psi=0), so the series are absent rather than 0."""
+    if not pressure.has_pressure(dirs.unified):
+        return {}
+    samples = {}
+    for resource in pressure.RESOURCES:
+        for kind, stall in pressure.read_pressure(dirs.unified, resource).items():
+            name, _ = _PRESSURE_KINDS[kind]
+            samples[f"pressure_{resource}_{name}"] = stall.total_us / 1e6
+    return samples

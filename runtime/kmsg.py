@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass
 
 KMSG = "/dev/kmsg"
-_SUMMARY = re.compile(r"oom-kill:(?P<fields>\S+)")
+_SUMMARY = re.compile(r"oom-kill:(?P<fields>[^\n]*)")
+# The task name comes last but for pid and uid, and may hold spaces or commas.
+_VICTIM = re.compile(r",task=(?P<task>.*),pid=(?P<pid>\d+),uid=\d+\s*$")
 _MAX_RECORDS = 256  # kept in memory, newest last
 
 
@@ -39,15 +41,13 @@ def parse_record(line: str) -> OomKillRecord | None:
     match = _SUMMARY.search(message if sep else line)
     if match is None:
         return None
-    fields = dict(
-        item.partition("=")[::2] for item in match.group("fields").split(",")
-    )
-    try:
-        pid = int(fields["pid"])
-    except (KeyError, ValueError):
+    text = match.group("fields")
+    victim = _VICTIM.search(text)
+    if victim is None:
         return None
+    fields = dict(item.partition("=")[::2] for item in text[: victim.start()].split(","))
     memcg = fields.get("task_memcg") or fields.get("oom_memcg") or ""
-    return OomKillRecord(pid=pid, task=fields.get("task", ""), memcg=memcg)
+    return OomKillRecord(pid=int(victim["pid"]), task=victim["task"], memcg=memcg)
 
 
 class KernelLog:

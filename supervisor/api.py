@@ -23,7 +23,14 @@ from runtime import images as rt_images
 from . import API_VERSION, MIN_API_VERSION, __version__
 from .container import Container
 from .engine import Engine, check_wait_condition
-from .errors import ApiError, BadParameter, Conflict, MethodNotAllowed, NotFound
+from .errors import (
+    ApiError,
+    BadParameter,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    ServerError,
+)
 from .logs import Follower, parse_time_ns, read_entries
 from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .status import human_status
@@ -32,6 +39,8 @@ log = structlog.get_logger()
 
 _VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 _STDOUT, _STDERR = 1, 2
+_PS = "/bin/ps"
+_PS_TIMEOUT_S = 10
 
 
 def _bool(value: str | None) -> bool:
@@ -69,6 +78,7 @@ class Api:
             ("POST", r"/containers/(?P<ref>[^/]+)/kill", self.kill),
             ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
             ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
+            ("GET", r"/containers/(?P<ref>[^/]+)/top", self.top),
             ("POST", r"/containers/(?P<ref>[^/]+)/attach", self.attach),
             ("POST", r"/containers/(?P<ref>[^/]+)/exec", self.exec_create),
             ("POST", r"/exec/(?P<exec_id>[^/]+)/start", self.exec_start),
@@ -324,6 +334,19 @@ class Api:
             chunks(), content_type="application/vnd.docker.multiplexed-stream"
         )
 
+    async def top(self, request: Request, ref: str) -> Response:
+        """The container's processes as the host's ps lists them, as dockerd
+        does: ps runs with ps_args (default -ef), and only the rows whose PID
+        is in the container's cgroups are kept. Pids are the host's."""
+        container = self.engine.find(ref)
+        ps_args = request.query.get("ps_args") or "-ef"
+        _check_ps_args(ps_args)
+        pids = _running_pids(container)
+        output = await _run_ps(ps_args.split(), pids)
+        doc = _parse_ps(output, set(pids), ps_args)
+        self.engine.events.publish("top", container.id, container.attributes())
+        return json_response(doc)
+
     async def attach(self, request: Request, ref: str) -> UpgradeResponse:
         """Live output of the container's next (or current) run."""
         container = self.engine.find(ref)
@@ -504,6 +527,133 @@ def _finished(container: Container) -> bool:
     return container.removing or container.removed.is_set() or not (
         container.running or container.state["Restarting"]
     )
+
+
+# ps separates its columns with ASCII blanks only; a command's own
+# Unicode spaces stay inside its field.
+_PS_BLANKS = re.compile(r"[\t\n\f\r ]+")
+# `-o comm=PID` would title another column PID, and its values be taken
+# for pids.
+_PS_PID_TITLE = re.compile(r"\s+(\S*)=\s*(PID\S*)")
+
+
+def _check_ps_args(ps_args: str) -> None:
+    for key, title in _PS_PID_TITLE.findall(" " + ps_args):
+        if key != "pid":
+            raise BadParameter(
+                f"invalid ps_args {ps_args!r}: {key}={title} titles a column PID, "
+                "and only the pid column may have that title; choose another title"
+            )
+
+
+def _running_pids(container: Container) -> list[int]:
+    """Host pids in the container's cgroups; 409 when it is not running."""
+    run = container.run
+    if run is None and container.state["Restarting"]:
+        raise Conflict(
+            f"Container {container.id} is restarting, wait until the container "
+            "is running"
+        )
+    if run is None:
+        raise Conflict(f"Container {container.id} is not running")
+    try:
+        return run.cgroup.pids()
+    except FileNotFoundError:
+        # The run ended, and its cgroup went, since the check above.
+        raise Conflict(f"Container {container.id} is not running") from None
+
+
+async def _run_ps(args: list[str], pids: list[int]) -> str:
+    """ps's output. As dockerd does, ps is first asked for the container's
+    pids only (-q, cheaper on a busy host); some listings, such as forests,
+    refuse -q, so a failure runs it again with the caller's options alone."""
+    result = None
+    if pids:
+        result = await _ps([*args, "-q" + ",".join(map(str, pids))])
+    if result is None or result.returncode != 0:
+        result = await _ps(args)
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[0] if lines else f"exit status {result.returncode}"
+        raise BadParameter(
+            f"invalid ps_args {' '.join(args)!r}: ps failed: {reason}; give options "
+            "the host's ps (procps) accepts, for example -ef or -o pid,comm"
+        )
+    return result.stdout.decode(errors="replace")
+
+
+async def _ps(args: list[str]):
+    try:
+        with trio.fail_after(_PS_TIMEOUT_S):
+            return await trio.run_process(
+                [_PS, *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=_ps_env(),
+            )
+    except trio.TooSlowError:
+        raise ServerError(
+            f"ps {shlex.join(args)} did not finish within {_PS_TIMEOUT_S} s and was "
+            "killed; see whether /proc of a process on the host hangs"
+        ) from None
+    except OSError as err:
+        raise ServerError(
+            f"cannot run {_PS} to list processes: {err.strerror}; install procps "
+            "on the host"
+        ) from None
+
+
+def _ps_env() -> dict[str, str]:
+    # ps cuts its lines at COLUMNS, and repeats its header every LINES rows
+    # with --headers, even into a pipe. A corrald started from a shell or a
+    # test runner inherits both; without them ps prints whole lines.
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+
+def _parse_ps(output: str, pids: set[int], ps_args: str) -> dict:
+    """Docker's top reply: ps's titles, and the rows of the given pids, each
+    followed by its thread rows (PID "-", as `-L` or `m` print them)."""
+    lines = output.split("\n")
+    titles = _ps_fields(lines[0])
+    if "PID" not in titles:
+        raise BadParameter(
+            f"invalid ps_args {ps_args!r}: ps printed no PID column (its titles: "
+            f"{' '.join(titles) or 'none'}); include the pid column, for example "
+            "-o pid,comm"
+        )
+    index = titles.index("PID")
+    processes, in_container = [], False
+    for line in lines[1:]:
+        fields = _ps_fields(line)
+        if len(fields) <= index:
+            continue
+        if fields[index] == "-":
+            if in_container:
+                processes.append(_ps_row(fields, len(titles)))
+            continue
+        try:
+            pid = int(fields[index])
+        except ValueError:
+            raise BadParameter(
+                f"invalid ps_args {ps_args!r}: {fields[index]!r} in the PID column is "
+                "not a pid; a column before it holds spaces (such as lstart), so "
+                "put pid before it"
+            ) from None
+        in_container = pid in pids
+        if in_container:
+            processes.append(_ps_row(fields, len(titles)))
+    return {"Titles": titles, "Processes": processes}
+
+
+def _ps_fields(line: str) -> list[str]:
+    return [field for field in _PS_BLANKS.split(line) if field]
+
+
+def _ps_row(fields: list[str], width: int) -> list[str]:
+    """One value per title: the last column (the command) takes the rest."""
+    row = fields[: width - 1] + [" ".join(fields[width - 1 :])]
+    return row + [""] * (width - len(row))
 
 
 def _tail_param(request: Request) -> int | None:

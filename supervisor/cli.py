@@ -352,6 +352,27 @@ def _create_arguments(p) -> None:
     )
     _flag(
         p,
+        "--oom-kill-group",
+        help="an OOM kill ends every process of the container, not only one",
+    )
+    p.add_argument(
+        "--pressure-threshold",
+        metavar="R=PCT,...",
+        action="append",
+        default=[],
+        help="stall share that makes a resource (cpu, memory, io) high, e.g. "
+        "memory=20%%,cpu=80%%  [default: cpu=80%%,memory=20%%,io=40%%]",
+    )
+    p.add_argument(
+        "--pressure-action",
+        metavar="R:PCT:DURATION:ACTION",
+        action="append",
+        default=[],
+        help="restart, stop or kill the container when a resource's stall share "
+        "stays at or above PCT for DURATION, e.g. memory:60%%:30s:restart",
+    )
+    _flag(
+        p,
         "--init",
         dest="use_init",
         help="run an init as PID 1 that forwards signals and reaps zombies",
@@ -416,6 +437,33 @@ def _duration_ns(value: str | None, flag: str) -> int | None:
         return round(parse_duration_s(value) * 1e9)
     except ValueError as err:
         raise _UsageError(f"invalid {flag}: {err}") from None
+
+
+def _pressure_extensions(o) -> dict:
+    """corral's HostConfig extensions for pressure events and actions."""
+    from . import pressure
+    from .units import parse_duration_s
+
+    out = {}
+    try:
+        if o.pressure_threshold:
+            thresholds = {}
+            for spec in o.pressure_threshold:
+                given = pressure.parse_thresholds(spec)
+                thresholds.update({r: given[r] for r in _named_resources(spec)})
+            out["CorralPressureThresholds"] = thresholds
+        if o.pressure_action:
+            out["CorralPressureActions"] = [
+                pressure.parse_action(spec, parse_duration_s).to_host_config()
+                for spec in o.pressure_action
+            ]
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    return out
+
+
+def _named_resources(spec: str) -> list[str]:
+    return [item.partition("=")[0].strip() for item in spec.split(",")]
 
 
 def _restart_extensions(o) -> dict:
@@ -516,7 +564,10 @@ def _create_body(o) -> dict:
         },
     }
     host.update(_restart_extensions(o))
+    host.update(_pressure_extensions(o))
     host["CorralHealthOnFailure"] = o.health_on_failure
+    if o.oom_kill_group:
+        host["CorralOomKillGroup"] = True
     body = {
         "Image": o.image,
         "Cmd": list(o.command) or None,
@@ -665,12 +716,36 @@ def _each(containers, action) -> int:
     return 1 if failed else 0
 
 
-@_command("[OPTIONS] CONTAINERS...", _containers_argument)
+def _start_arguments(p) -> None:
+    _flag(p, "-a", "--attach", help="stream the output and exit with the exit code")
+    _containers_argument(p)
+
+
+@_command("[OPTIONS] CONTAINERS...", _start_arguments)
 def start(client: Client, o) -> int:
     """Start one or more stopped containers."""
-    return _each(
-        o.containers, lambda ref: client.call("POST", f"/containers/{ref}/start")
+    if not o.attach:
+        return _each(
+            o.containers, lambda ref: client.call("POST", f"/containers/{ref}/start")
+        )
+    if len(o.containers) > 1:
+        raise _UsageError("you cannot start and attach multiple containers at once")
+    try:
+        container_id = client.call("GET", f"/containers/{o.containers[0]}/json")["Id"]
+    except ClientError as err:
+        _fail(err, 1)
+    # As for run: attach and wait first, so nothing of a short run is missed.
+    output = client.open(
+        "POST", f"/containers/{container_id}/attach",
+        {"stream": 1, "stdout": 1, "stderr": 1},
     )
+    waiter = _open_wait(client, container_id, "next-exit")
+    try:
+        client.call("POST", f"/containers/{container_id}/start")
+    except ClientError as err:
+        _fail(err, 1)
+    _copy_frames(output)
+    return _wait_result(waiter)
 
 
 @_command("[OPTIONS] CONTAINERS...", _timeout_arguments)
@@ -942,6 +1017,25 @@ def logs(client: Client, o) -> int:
         "since": o.since,
     }
     _copy_frames(client.open("GET", f"/containers/{o.container}/logs", query))
+    return 0
+
+
+def _top_arguments(p) -> None:
+    p.add_argument("container", metavar="CONTAINER", help=argparse.SUPPRESS)
+    ps_options = p.add_argument(
+        "ps_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS
+    )
+    # None given means the daemon's default, -ef.
+    ps_options.required = False
+
+
+@_command("CONTAINER [ps OPTIONS]", _top_arguments, passthrough=True)
+def top(client: Client, o) -> int:
+    """Show a running container's processes, as the host's ps lists them."""
+    # Joined with spaces, as docker does: the daemon splits them again.
+    query = {"ps_args": " ".join(o.ps_options) or None}
+    doc = client.call("GET", f"/containers/{o.container}/top", query)
+    _table([doc["Titles"], *doc["Processes"]])
     return 0
 
 

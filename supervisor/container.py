@@ -60,6 +60,9 @@ class Container:
     # The backoff delay before an automatic restart; cancelled by stop,
     # start, restart and rm.
     pending_restart: trio.CancelScope | None = None
+    # Set once the last run's cgroup is gone, so the next run can make its
+    # own under the same name.
+    cgroup_released: trio.Event | None = None
 
     @property
     def id(self) -> str:

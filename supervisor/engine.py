@@ -348,6 +348,8 @@ class Engine:
 
     async def _launch(self, container: Container) -> Run:
         """Spawn the container's PID 1 and record the run; raises on failure."""
+        if container.cgroup_released is not None:
+            await container.cgroup_released.wait()
         spec, cgroup = self._prepare(container)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -486,7 +488,7 @@ class Engine:
             while run is not None:
                 status = await self._watch_run(container, run)
                 self._finish_run(container, run, status)
-                self._drop_cgroup(run.cgroup)
+                await self._release_cgroup(container, run)
                 run = await self._restart_after(container, run, status)
         except Exception:
             # One container's failure must never take the daemon down with it.
@@ -836,6 +838,16 @@ class Engine:
         container.record["CorralRestartState"] = state.to_dict()
         container.state["CorralRestart"] = _restart_view(state)
 
+    async def _release_cgroup(self, container: Container, run: Run) -> None:
+        # rmdir of a v1 memory cgroup and cgroup.kill wait for the kernel
+        # (tens of ms): in a thread, so the die event and every other task
+        # go on meanwhile. A start in between waits for it (_launch).
+        released = container.cgroup_released = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self._drop_cgroup, run.cgroup)
+        finally:
+            released.set()
+
     def _drop_cgroup(self, cgroup) -> None:
         try:
             cgroup.kill()
@@ -1022,16 +1034,15 @@ class Engine:
         targets = []
         for container in self.containers.values():
             run = container.run
-            if run is None:
-                continue
             record = container.record
             targets.append(Target(
                 cgroup_id=f"/{self.config.cgroup_parent}/{container.id}",
                 name=container.name,
                 image=record["Config"]["Image"],
-                cgroup=run.cgroup.dirs,
+                cgroup=run.cgroup.dirs if run is not None else None,
                 started_at_s=parse_time_ns(container.state["StartedAt"]) / 1e9,
                 memory_limit_bytes=record["HostConfig"]["Memory"],
+                oom_kills=container.state.get("CorralOomKillCount", 0),
             ))
         return targets
 

@@ -63,6 +63,7 @@ class ResourceTracker:
     action: PressureAction | None = None
     high: bool = False
     above_limit_since_s: float | None = None
+    acted: bool = False  # the action was due in this stretch above the limit
     peak: float = 0.0
 
     @property
@@ -111,13 +112,14 @@ class ResourceTracker:
     def _action_due(self, now_s: float, share: float) -> bool:
         if share < self.action.limit:
             self.above_limit_since_s = None
+            self.acted = False
             return False
         if self.above_limit_since_s is None:
             self.above_limit_since_s = now_s
-        if now_s - self.above_limit_since_s >= self.action.duration_s:
-            self.above_limit_since_s = None
-            return True
-        return False
+        if self.acted or now_s - self.above_limit_since_s < self.action.duration_s:
+            return False
+        self.acted = True
+        return True
 
 
 @dataclass

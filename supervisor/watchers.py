@@ -97,7 +97,9 @@ class RunWatch:
                 for fd in self._oom.fds:
                     nursery.start_soon(self._wait_oom_fd, fd)
         finally:
-            self._oom.close()
+            # Closing an inotify instance waits for an SRCU grace period
+            # (5-20 ms): off the loop, so the die event is not held up.
+            trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, self._oom.close)
 
     async def _wait_oom_fd(self, fd: int) -> None:
         while True:
@@ -139,17 +141,22 @@ class RunWatch:
         triggers = []
         try:
             if self.mode.mode == "trigger":
-                triggers = self._set_triggers(directory, window_s)
+                # Setting and closing a trigger waits for the kernel (an RCU
+                # grace period on close, ~5-10 ms each): never on the loop.
+                # Filled in place, so a cancel that lands while the thread
+                # runs leaves the triggers to the finally below.
+                await trio.to_thread.run_sync(
+                    self._set_triggers, directory, window_s, triggers)
             async with trio.open_nursery() as nursery:
                 for resource, trigger in triggers:
                     nursery.start_soon(_wait_trigger, trigger, resource, fired_send)
                 await self._track(directory, window_s, fired, sample_always=not triggers)
         finally:
-            for _, trigger in triggers:
-                trigger.close()
+            if triggers:
+                trio.lowlevel.spawn_system_task(
+                    trio.to_thread.run_sync, _close_all, triggers)
 
-    def _set_triggers(self, directory, window_s: float) -> list:
-        triggers = []
+    def _set_triggers(self, directory, window_s: float, triggers: list) -> None:
         window_us = round(window_s * 1e6)
         try:
             for resource, tracker in self.trackers.items():
@@ -161,10 +168,8 @@ class RunWatch:
         except rt_pressure.PressureError as err:
             log.warning("pressure_trigger_failed", error=str(err),
                         consequence="this run's pressure is sampled each window")
-            for _, trigger in triggers:
-                trigger.close()
-            return []
-        return triggers
+            _close_all(triggers)
+            triggers.clear()
 
     async def _track(self, directory, window_s: float, fired, sample_always: bool):
         last = self._totals(directory)
@@ -221,3 +226,8 @@ async def _wait_trigger(trigger, resource: str, fired_send) -> None:
         await trio.lowlevel.wait_readable(trigger.fd)
         trigger.rearm()
         fired_send.send_nowait(resource)
+
+
+def _close_all(triggers) -> None:
+    for _, trigger in triggers:
+        trigger.close()

@@ -188,3 +188,55 @@ def test_docker_exec_passes_env_user_and_workdir_and_the_exit_code(docker, case)
     assert detached.returncode == 0
     wait_until(lambda: docker("exec", case, "test", "-f", "/tmp/detached").returncode
                == 0, 3 * SLOW, message="the detached exec ran")
+
+
+HOG = "dd if=/dev/zero of=/dev/null bs=256M count=1"
+OOM_FLAGS = ("-m", "32m", "--memory-swap", "32m")
+
+
+def test_c06_docker_sees_every_oom_kill_and_oomkilled_reset_on_start(
+    docker, daemon, case
+):
+    for i in range(1, 6):
+        t0 = time.time_ns()
+        ref = f"{case}-{i}"
+        run = docker("run", "--name", ref, *OOM_FLAGS, "busybox:test", "sh", "-c",
+                     f"exec {HOG}")
+        assert run.returncode == 137, (i, run.stderr)
+        assert inspect(docker, ref, "{{.State.ExitCode}} {{.State.OOMKilled}} "
+                       "{{.State.Status}}") == "137 true exited"
+        assert [a for a, _ in actions(events_of(daemon, ref, t0), "oom", "die")] == [
+            "oom", "die"]
+
+    again = f"{case}-r"
+    first = docker("run", "--name", again, *OOM_FLAGS, "busybox:test", "sh", "-c",
+                   f"[ -f /ran ] && exit 0; touch /ran; exec {HOG}")
+    assert first.returncode == 137
+    ok(docker("start", "-a", again))
+    assert inspect(docker, again, "{{.State.ExitCode}} {{.State.OOMKilled}}") == (
+        "0 false")
+
+    child = f"{case}-child"
+    run = docker("run", "--name", child, *OOM_FLAGS, "busybox:test", "sh", "-c",
+                 f"{HOG}; echo dd_rc=$?; exit 0")
+    assert run.returncode == 0
+    assert inspect(docker, child, "{{.State.ExitCode}} {{.State.OOMKilled}}") == (
+        "0 true")
+    assert "dd_rc=137" in ok(docker("logs", child)).stdout
+
+
+def test_c11_docker_top_shows_a_contained_fork_bomb(docker, case):
+    ok(docker("run", "-d", "--name", case, "--pids-limit", "20", "busybox:test",
+              "sh", "-c",
+              'sh -c "while :; do sleep 300 & done"; echo bomb-done; exec sleep 300'))
+    time.sleep(3)
+
+    rows = ok(docker("top", case)).stdout.splitlines()[1:]
+
+    assert 1 <= len(rows) <= 20
+    assert inspect(docker, case, "{{.HostConfig.PidsLimit}}") == "20"
+    logs = docker("logs", case)
+    assert "bomb-done" in logs.stdout + logs.stderr
+    started = time.monotonic()
+    ok(docker("stop", "-t", "1", case))
+    assert time.monotonic() - started < 5

@@ -218,7 +218,7 @@ def test_stop_with_a_timeout_that_is_not_a_number_is_400(daemon, name):
 
 @pytest.mark.parametrize(
     "method, path",
-    [("DELETE", "/containers/json"), ("PUT", "/_ping"), ("GET", "/v1.44/containers/create")],
+    [("POST", "/containers/json"), ("PUT", "/_ping"), ("GET", "/v1.44/containers/create")],
 )
 def test_a_known_path_with_the_wrong_method_is_405_naming_both(daemon, method, path):
     reply = daemon.request(method, path)

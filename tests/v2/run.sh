@@ -10,8 +10,8 @@
 # machine's files read-only (writes go to a discarded overlay) and runs as
 # root, so these tests run there with root and without skips.
 #
-# Without arguments it runs the cgroup, isolation and exec tests and the
-# daemon's limit tests (memory, pids, cpus); arguments
+# Without arguments it runs the cgroup, isolation and exec tests, the OOM and
+# pressure tests and the daemon's limit tests (memory, pids, cpus); arguments
 # replace that selection (paths relative to the repository, or -k/-x...).
 # pytest writes no cache and keeps its temporary dirs under the guest's /tmp.
 #
@@ -45,6 +45,7 @@ else
     tests/integration/test_cgroups_host.py
     tests/integration/test_isolation.py
     tests/integration/test_exec_runtime.py
+    tests/integration/test_oom_pressure.py
     "tests/integration/test_containers.py::test_memory_limit_lands_in_the_cgroup_and_a_hog_is_oom_killed"
     "tests/integration/test_containers.py::test_pids_limit_contains_a_fork_bomb_and_the_container_still_stops"
     "tests/integration/test_containers.py::test_pids_limit_lands_in_the_cgroup"
