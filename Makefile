@@ -74,6 +74,7 @@ test: deps venv image
 bench: deps venv image
 	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_run.py
 	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_supervision.py
+	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_watchers.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

@@ -1235,8 +1235,12 @@ def info(client: Client, o) -> int:
 
 
 def _events_arguments(p) -> None:
-    p.add_argument("--since", metavar="TIME", help="Unix time stamp to start from")
-    p.add_argument("--until", metavar="TIME", help="Unix time stamp to stop at")
+    p.add_argument(
+        "--since", metavar="TIME", help="start at a Unix time, RFC 3339 time or 10m ago"
+    )
+    p.add_argument(
+        "--until", metavar="TIME", help="stop at a Unix time, RFC 3339 time or 1m ago"
+    )
     _repeated(
         p, "-f", "--filter", dest="filters", metavar="KEY=VALUE", help="key=value"
     )
@@ -1248,6 +1252,21 @@ def _events_arguments(p) -> None:
     )
 
 
+def _relative_time(value: str | None) -> str | None:
+    """A duration such as 10m means that long ago, as docker's CLI reads it;
+    anything else goes to the daemon as it is."""
+    import time
+
+    from .units import parse_duration_s
+
+    if not value or value.replace(".", "", 1).isdigit():
+        return value
+    try:
+        return f"{time.time() - parse_duration_s(value):.9f}"
+    except ValueError:
+        return value
+
+
 @_command("[OPTIONS]", _events_arguments)
 def events(client: Client, o) -> int:
     """Stream the daemon's events."""
@@ -1256,8 +1275,8 @@ def events(client: Client, o) -> int:
 
     filters = _filters(o.filters, strict=False)
     query = {
-        "since": o.since,
-        "until": o.until,
+        "since": _relative_time(o.since),
+        "until": _relative_time(o.until),
         "filters": json.dumps(filters) if filters else None,
     }
     response = client.open("GET", "/events", query)

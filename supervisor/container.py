@@ -29,6 +29,8 @@ class Run:
     stderr_fd: int
     started_at_s: float
     exited: trio.Event = field(default_factory=trio.Event)
+    # Set once the run's cgroup is removed, a moment after exited.
+    released: trio.Event = field(default_factory=trio.Event)
     # Set by stop, rm and a SIGKILL through the API: the exit was asked for,
     # so the restart policy treats it as a manual stop.
     stop_requested: bool = False
@@ -60,8 +62,8 @@ class Container:
     # The backoff delay before an automatic restart; cancelled by stop,
     # start, restart and rm.
     pending_restart: trio.CancelScope | None = None
-    # Set once the last run's cgroup is gone, so the next run can make its
-    # own under the same name.
+    # The last run's Run.released: the next run makes its cgroup, under the
+    # same name, only once that is set.
     cgroup_released: trio.Event | None = None
 
     @property

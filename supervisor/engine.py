@@ -488,7 +488,8 @@ class Engine:
             while run is not None:
                 status = await self._watch_run(container, run)
                 self._finish_run(container, run, status)
-                await self._release_cgroup(container, run)
+                container.cgroup_released = run.released
+                self._nursery.start_soon(self._release_cgroup, run)
                 run = await self._restart_after(container, run, status)
         except Exception:
             # One container's failure must never take the daemon down with it.
@@ -509,6 +510,7 @@ class Engine:
         self._nursery.start_soon(reap, run.pid)
         self._finish_run(container, run, rt_process.ExitStatus(exit_code=137, signal=9))
         self._drop_cgroup(run.cgroup)
+        run.released.set()
         container.state["Error"] = "corrald lost track of this run and killed it"
         self._save(container)
 
@@ -838,15 +840,15 @@ class Engine:
         container.record["CorralRestartState"] = state.to_dict()
         container.state["CorralRestart"] = _restart_view(state)
 
-    async def _release_cgroup(self, container: Container, run: Run) -> None:
+    async def _release_cgroup(self, run: Run) -> None:
         # rmdir of a v1 memory cgroup and cgroup.kill wait for the kernel
-        # (tens of ms): in a thread, so the die event and every other task
-        # go on meanwhile. A start in between waits for it (_launch).
-        released = container.cgroup_released = trio.Event()
+        # (tens of ms): in a thread, so the die event, the restart decision
+        # and every other task go on meanwhile. The next start of the
+        # container waits for it (_launch), and so do stop and rm.
         try:
             await trio.to_thread.run_sync(self._drop_cgroup, run.cgroup)
         finally:
-            released.set()
+            run.released.set()
 
     def _drop_cgroup(self, cgroup) -> None:
         try:
@@ -889,6 +891,7 @@ class Engine:
         if not run.exited.is_set():
             self._send_signal(container, run, signal.SIGKILL)
             await run.exited.wait()
+        await run.released.wait()
         self.events.publish("stop", container.id, container.attributes())
         log.info("container_stopped", container=container.id)
 
@@ -953,6 +956,8 @@ class Engine:
             run = container.run
             self._send_signal(container, run, signal.SIGKILL)
             await run.exited.wait()
+        if container.cgroup_released is not None:
+            await container.cgroup_released.wait()
         async with container.lock:
             self._forget(container)
         await trio.to_thread.run_sync(_remove_tree, container.directory)

@@ -1411,6 +1411,15 @@ def test_events_cli_json_format_prints_valid_json_for_any_action(daemon, box):
     assert shown[0] == 'exec_create: sh -c echo "quoted \\ text"'
 
 
+def test_events_cli_takes_durations_as_times_that_long_ago(daemon, case):
+    daemon.cli("create", "--name", case, "busybox:test", "true", check=True)
+
+    result = daemon.cli("events", "--since", "1m", "--until", "0s", "--filter",
+                        f"container={case}", "--format", "{{.Action}}", check=True)
+
+    assert result.stdout.splitlines() == ["create"]
+
+
 def test_events_with_an_unknown_filter_are_refused_with_a_400(daemon):
     query = urlencode({"since": 1, "until": 2, "filters": json.dumps({"bogus": ["x"]})})
 
