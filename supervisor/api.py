@@ -37,6 +37,7 @@ from .status import human_status
 
 log = structlog.get_logger()
 
+STATS_INTERVAL_S = 1.0
 _VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 _STDOUT, _STDERR = 1, 2
 _PS = "/bin/ps"
@@ -78,6 +79,8 @@ class Api:
             ("POST", r"/containers/(?P<ref>[^/]+)/kill", self.kill),
             ("POST", r"/containers/(?P<ref>[^/]+)/wait", self.wait),
             ("GET", r"/containers/(?P<ref>[^/]+)/logs", self.logs),
+            ("GET", r"/containers/(?P<ref>[^/]+)/stats", self.stats),
+            ("GET", r"/stats", self.all_stats),
             ("GET", r"/containers/(?P<ref>[^/]+)/top", self.top),
             ("POST", r"/containers/(?P<ref>[^/]+)/attach", self.attach),
             ("POST", r"/containers/(?P<ref>[^/]+)/exec", self.exec_create),
@@ -333,6 +336,33 @@ class Api:
         return StreamResponse(
             chunks(), content_type="application/vnd.docker.multiplexed-stream"
         )
+
+    async def stats(self, request: Request, ref: str) -> Response | StreamResponse:
+        """Docker's stats: one document, or one a second while stream=1."""
+        container = self.engine.find(ref)
+        stream = request.query.get("stream")
+        if (stream is not None and not _bool(stream)) or _bool(
+            request.query.get("one-shot")
+        ):
+            return json_response(self._stats_doc(container))
+
+        async def documents():
+            while not container.removed.is_set():
+                yield json.dumps(self._stats_doc(container)).encode() + b"\n"
+                with trio.move_on_after(STATS_INTERVAL_S):
+                    await container.removed.wait()
+
+        return StreamResponse(documents())
+
+    async def all_stats(self, request: Request) -> Response:
+        """corral's batch: the stats document of every running container."""
+        return json_response(
+            [self._stats_doc(c) for c in list(self.engine.containers.values())
+             if c.running]
+        )
+
+    def _stats_doc(self, container: Container) -> dict:
+        return self.engine.stats.stats(container, self.engine.pressure_view(container))
 
     async def top(self, request: Request, ref: str) -> Response:
         """The container's processes as the host's ps lists them, as dockerd

@@ -1039,6 +1039,91 @@ def top(client: Client, o) -> int:
     return 0
 
 
+def _stats_arguments(p) -> None:
+    _flag(p, "--no-stream", help="show one sample and exit")
+    p.add_argument(
+        "--format", dest="fmt", metavar="FORMAT",
+        help="json (one object per container and sample) or a '{{.Field}}' template",
+    )
+    p.add_argument("containers", nargs="*", metavar="CONTAINER",
+                   help=argparse.SUPPRESS)
+
+
+@_command("[OPTIONS] [CONTAINER...]", _stats_arguments)
+def stats(client: Client, o) -> int:
+    """Show the containers' resource use, refreshed each second."""
+    import time
+
+    from .status import cpu_percent, memory_used_bytes
+
+    try:
+        while True:
+            docs = client.call("GET", "/stats")
+            if o.containers:
+                docs = [d for d in docs if _stats_matches(d, o.containers)]
+                missing = [r for r in o.containers
+                           if not any(_stats_matches(d, [r]) for d in docs)]
+                if missing:
+                    raise ClientError(404, f"No such container: {missing[0]}")
+            if o.fmt:
+                for doc in docs:
+                    _echo(_render(o.fmt, doc))
+            else:
+                if not o.no_stream:
+                    sys.stdout.write("\033[2J\033[H")
+                _table([_STATS_TITLES] + [
+                    _stats_row(d, cpu_percent(d), memory_used_bytes(d)) for d in docs])
+            if o.no_stream:
+                return 0
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 130
+
+
+_STATS_TITLES = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %",
+                 "NET I/O", "BLOCK I/O", "PIDS", "RESTARTS", "HEALTH"]
+
+
+def _stats_matches(doc: dict, refs) -> bool:
+    name = doc["name"].lstrip("/")
+    return any(ref == name or (ref and doc["id"].startswith(ref)) for ref in refs)
+
+
+def _stats_row(doc: dict, cpu: float, used: int) -> list[str]:
+    limit = doc["memory_stats"].get("limit", 0)
+    nets = doc.get("networks") or {}
+    rx = sum(n["rx_bytes"] for n in nets.values())
+    tx = sum(n["tx_bytes"] for n in nets.values())
+    entries = doc["blkio_stats"].get("io_service_bytes_recursive") or []
+    read = sum(e["value"] for e in entries if e["op"].lower() == "read")
+    write = sum(e["value"] for e in entries if e["op"].lower() == "write")
+    return [
+        doc["id"][:12], doc["name"].lstrip("/"), f"{cpu:.2f}%",
+        f"{_binary_size(used)} / {_binary_size(limit)}",
+        f"{100 * used / limit:.2f}%" if limit else "0.00%",
+        f"{_decimal_size(rx)} / {_decimal_size(tx)}",
+        f"{_decimal_size(read)} / {_decimal_size(write)}",
+        str(doc["pids_stats"].get("current", 0)),
+        str(doc.get("corral_restart_count", 0)), doc.get("corral_health") or "-",
+    ]
+
+
+def _binary_size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.4g}{unit}"
+        count /= 1024
+    return ""
+
+
+def _decimal_size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.3g}{unit}"
+        count /= 1000
+    return ""
+
+
 def _copy_frames(response) -> None:
     outputs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     try:

@@ -40,6 +40,7 @@ from .errors import (
 )
 from .events import EventBus
 from .logs import LineSplitter, LogWriter, parse_time_ns
+from .stats import StatsKeeper
 from .store import Store
 from .watchers import OomKill, PressureMode, RunWatch
 
@@ -81,6 +82,7 @@ class Engine:
         self.execs: dict[str, execs.ExecInstance] = {}
         self._dir = config.root / "containers"
         self.kmsg: KernelLog | None = None
+        self.stats = StatsKeeper()
         self.pressure_mode = PressureMode("unavailable", 1.0)
 
     # ---- set-up and shutdown -------------------------------------------------
@@ -383,6 +385,7 @@ class Engine:
             FinishedAt=ZERO_TIME,
         )
         self._save(container)
+        self.stats.run_started(container)
         self.events.publish("start", container.id, container.attributes())
         log.info("container_started", container=container.id, pid=run.pid)
         container.log.wake()
@@ -964,6 +967,7 @@ class Engine:
 
     def _forget(self, container: Container) -> None:
         self.store.delete_container(container.id)
+        self.stats.forget(container.id)
         self.containers.pop(container.id, None)
         if self.names.get(container.name) == container.id:
             del self.names[container.name]

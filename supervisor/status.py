@@ -1,4 +1,5 @@
-"""The human "Status" column of `ps`, worded as docker words it."""
+"""What the CLI shows of containers as docker words it: the "Status" column of
+`ps`, and the CPU and memory figures of `stats`."""
 
 import time
 
@@ -52,3 +53,24 @@ def human_status(state: dict, now_s: float | None = None) -> str:
     if status == "dead":
         return "Dead"
     return "Created"
+
+
+# ---- stats, as the docker CLI computes them from a stats document -----------
+
+
+def cpu_percent(doc: dict) -> float:
+    """CPU % as the docker CLI computes it from one stats document."""
+    cpu, pre = doc["cpu_stats"], doc["precpu_stats"]
+    used = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
+    system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    if used <= 0 or system <= 0:
+        return 0.0
+    return used / system * (cpu.get("online_cpus") or 1) * 100.0
+
+
+def memory_used_bytes(doc: dict) -> int:
+    """Memory use as the docker CLI shows it: usage minus inactive file."""
+    memory = doc["memory_stats"]
+    stats = memory.get("stats") or {}
+    inactive = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    return max(0, memory.get("usage", 0) - inactive)
