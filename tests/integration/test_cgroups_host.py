@@ -75,9 +75,17 @@ def spawn_in(cgroup, *argv, **popen_kwargs) -> subprocess.Popen:
     process = subprocess.Popen(
         ["sh", "-c", script, "sh", *argv], env=env, **popen_kwargs
     )
-    wait_until(lambda: process.pid in cgroup.pids() or process.poll() is not None)
+    # Once it runs argv, the shell has joined every cgroup, not only the first.
+    wait_until(lambda: _cmdline(process.pid) == list(argv) or process.poll() is not None)
     assert process.poll() is None, f"{argv} did not start in the cgroup"
     return process
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except FileNotFoundError:
+        return []
 
 
 def wait_until(condition, timeout_s: float = WAIT_S) -> None:
