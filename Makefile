@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 SOCKET ?= /run/corral/corral.sock
 DEMO_PORT ?= 8080
-APT_PACKAGES := python3-venv jq busybox-static umoci skopeo qemu-system-x86 cpio zstd curl procps iproute2 tini
+APT_PACKAGES := python3-venv jq prometheus busybox-static umoci skopeo qemu-system-x86 cpio zstd curl procps iproute2 tini
 CORRAL := $(VENV)/bin/corral -H unix://$(SOCKET)
 
 .PHONY: run test deps venv image daemon stop bench clean
