@@ -1031,6 +1031,7 @@ def main(argv=None) -> int:
         return 1
     signal.signal(signal.SIGTERM, br._interrupt)
     br.become_subreaper()
+    br.compile_bytecode()
     top = Path(tempfile.mkdtemp(prefix="cbench-"))
     ctx = Context(top, Path(), None, HostPaths())
     engines: list[br.Engine] = []

@@ -278,6 +278,7 @@ def main(argv=None) -> int:
         return 1
     signal.signal(signal.SIGTERM, br._interrupt)
     br.become_subreaper()
+    br.compile_bytecode()
     top = Path(tempfile.mkdtemp(prefix="cbench-"))
     ctx = Context(top, Path(), None, HostPaths())
     engines, watcher, code = [], None, 0
