@@ -105,6 +105,8 @@ class RunWatch:
         while True:
             await trio.lowlevel.wait_readable(fd)
             self._oom.drain()
+            if self._emptied():
+                return
             if self.check_oom() or self.dirs.layout is rt_cgroups.Layout.V2:
                 continue
             # v1: the eventfd fired on entering OOM; the kill follows.
@@ -112,6 +114,20 @@ class RunWatch:
                 await trio.sleep(delay_s)
                 if self.check_oom():
                     break
+
+    def _emptied(self) -> bool:
+        """Whether the cgroup lost its last process (cgroup.events says so;
+        cgroupfs sends nothing on removal): a last look for kills, and the
+        watch is over."""
+        try:
+            populated = self._oom.populated()
+        except FileNotFoundError:
+            populated = False
+        if populated is not False:
+            return False
+        self.check_oom()
+        log.debug("cgroup_emptied")
+        return True
 
     def check_oom(self) -> bool:
         """Report kills not reported yet; True if there were any. Also called

@@ -188,12 +188,25 @@ async def test_watch_oom_reports_nothing_for_changes_that_kill_nothing(
     await assert_no_report(reports)
     cgroup.set_memory_events(high=6, max=2, oom=1)
     await assert_no_report(reports)
-    cgroup.set_populated(False)
-    await assert_no_report(reports)
 
     # Still watching: a kill after all that is reported, once.
     cgroup.set_memory_events(high=6, max=3, oom=2, oom_kill=1)
     assert await next_report(reports) == [OomKill(None, None)]
+    await assert_no_report(reports)
+
+
+async def test_watch_oom_takes_a_last_look_and_ends_once_the_cgroup_is_empty(
+    cgroup, kmsg, nursery
+):
+    _, reports = await start_oom_watch(nursery, cgroup, kmsg)
+
+    # The kill and the emptiness land together: the kill is still reported.
+    cgroup.set_memory_events(oom=1, oom_kill=1)
+    cgroup.set_populated(False)
+    assert await next_report(reports) == [OomKill(None, None)]
+
+    # Nobody is left to kill, and nothing watches any more.
+    cgroup.set_memory_events(oom=2, oom_kill=2)
     await assert_no_report(reports)
 
 
