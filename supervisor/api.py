@@ -15,9 +15,9 @@ from pathlib import Path
 
 import structlog
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from metrics.collector import ContainerCollector
+from metrics.exporter import Exporter
 from runtime import images as rt_images
 
 from . import API_VERSION, MIN_API_VERSION, __version__
@@ -61,8 +61,7 @@ def _int_param(request: Request, name: str) -> int | None:
 class Api:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.registry = CollectorRegistry()
-        self.registry.register(ContainerCollector(engine.metric_targets))
+        self.exporter = Exporter(engine.metric_targets, engine.event_counts)
         self._routes = [
             ("GET", r"/_ping", self.ping),
             ("HEAD", r"/_ping", self.ping),
@@ -106,9 +105,12 @@ class Api:
             # and the daemon keeps serving everyone else.
             log.exception("api_request_failed", path=request.path, error=str(err))
             response = json_response({"message": f"internal error: {err}"}, 500)
+        duration_s = time.perf_counter() - started
+        route = _route_label(self._compiled, request.method, request.path)
+        self.exporter.observe_request(request.method, route, response.status,
+                                      duration_s)
         log.debug("api_request", method=request.method, path=request.path,
-                  status=response.status,
-                  duration_s=round(time.perf_counter() - started, 4))
+                  status=response.status, duration_s=round(duration_s, 4))
         return response
 
     async def _dispatch(self, request: Request):
@@ -226,7 +228,7 @@ class Api:
         return StreamResponse(chunks())
 
     async def metrics(self, request: Request) -> Response:
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        return Response(200, await self.exporter.render(), CONTENT_TYPE_LATEST)
 
     # ---- containers ------------------------------------------------------------
 
@@ -534,6 +536,25 @@ class Api:
             raise NotFound(f"No such image: {ref}") from None
         except rt_images.ImageError as err:
             raise BadParameter(str(err)) from None
+
+
+_ROUTE_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+
+
+def _route_label(compiled, method: str, path: str) -> str:
+    """The route pattern a request matches, as /containers/{ref}/json, for
+    a metric label: bounded, unlike the paths; "other" for unknown paths."""
+    versioned = _VERSION_PREFIX.match(path)
+    if versioned:
+        path = versioned.group(3)
+    fallback = None
+    for route_method, pattern, _ in compiled:
+        if pattern.match(path):
+            template = _ROUTE_GROUP.sub(r"{\1}", pattern.pattern.removesuffix("$"))
+            if route_method == method:
+                return template
+            fallback = fallback or template
+    return fallback or "other"
 
 
 def _frames(batch, want: dict, stamps: bool, since, until) -> bytes:

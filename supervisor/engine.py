@@ -7,6 +7,7 @@ every transition, so a daemon restart finds every container as it last was.
 """
 
 import dataclasses
+import functools
 import os
 import random
 import secrets
@@ -710,6 +711,10 @@ class Engine:
             run.killed_with is not None and status.signal == run.killed_with
         )
         termination = self._termination(container, run, status, manual)
+        # The history keeps the last few runs; the counts keep every run.
+        counts = _termination_counts(container.state)
+        counts[termination["Reason"]] = counts.get(termination["Reason"], 0) + 1
+        container.state["CorralTerminationCounts"] = counts
         history = container.state.get("CorralTerminations") or []
         container.state["CorralTerminations"] = [*history, termination][-MAX_TERMINATIONS:]
         state = self._restart_state(container)
@@ -1040,20 +1045,36 @@ class Engine:
     # ---- read-only view for metrics ------------------------------------------
 
     def metric_targets(self) -> list[Target]:
-        targets = []
-        for container in self.containers.values():
-            run = container.run
-            record = container.record
-            targets.append(Target(
-                cgroup_id=f"/{self.config.cgroup_parent}/{container.id}",
-                name=container.name,
-                image=record["Config"]["Image"],
-                cgroup=run.cgroup.dirs if run is not None else None,
-                started_at_s=parse_time_ns(container.state["StartedAt"]) / 1e9,
-                memory_limit_bytes=record["HostConfig"]["Memory"],
-                oom_kills=container.state.get("CorralOomKillCount", 0),
-            ))
-        return targets
+        """A snapshot of every container for one scrape, made on the event
+        loop; the collector reads the cgroup files from it elsewhere."""
+        return [self._metric_target(c) for c in self.containers.values()]
+
+    def _metric_target(self, container: Container) -> Target:
+        run = container.run
+        record, state = container.record, container.state
+        health = (state.get("Health") or {}).get("Status") if run else None
+        return Target(
+            cgroup_id=f"/{self.config.cgroup_parent}/{container.id}",
+            name=container.name,
+            image=record["Config"]["Image"],
+            cgroup=run.cgroup.dirs if run is not None else None,
+            started_at_s=_unix_s(state["StartedAt"]),
+            labels=dict(record["Config"].get("Labels") or {}),
+            oom_kills=state.get("CorralOomKillCount", 0),
+            pid1=run.pid if run is not None else None,
+            own_network=record["HostConfig"]["NetworkMode"] != "host",
+            state="removing" if container.removing else state["Status"],
+            restarts=record["RestartCount"],
+            last_exit_code=_last_exit_code(state),
+            terminations=_termination_counts(state),
+            backoff_s=(state.get("CorralRestart") or {}).get("BackoffDelaySeconds", 0),
+            health=health or None,
+            gave_up=bool((state.get("CorralRestart") or {}).get("GaveUpReason")),
+        )
+
+    def event_counts(self) -> dict[str, int]:
+        """Events published so far, by action (up to any colon)."""
+        return dict(self.events.counts)
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -1075,6 +1096,32 @@ def _with_hostname(env: list[str], hostname: str) -> list[str]:
     if any(item.startswith("HOSTNAME=") for item in env):
         return env
     return [*env, f"HOSTNAME={hostname}"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _unix_s(stamp: str) -> float:
+    # Cached: a scrape asks for every container's StartedAt, on the loop.
+    return parse_time_ns(stamp) / 1e9
+
+
+def _termination_counts(state: dict) -> dict[str, int]:
+    """State.CorralTerminationCounts: ended runs by reason over the whole
+    life; a record from before it was kept counts its history instead."""
+    counts = state.get("CorralTerminationCounts")
+    if counts is None:
+        counts = {}
+        for termination in state.get("CorralTerminations") or []:
+            counts[termination["Reason"]] = counts.get(termination["Reason"], 0) + 1
+    return dict(counts)
+
+
+def _last_exit_code(state: dict) -> int:
+    """The exit code of the last run that ended, also while the next one
+    runs (State.ExitCode is 0 then); 0 before any run ended."""
+    if not state["Running"]:
+        return state["ExitCode"]
+    history = state.get("CorralTerminations") or []
+    return history[-1]["ExitCode"] if history else 0
 
 
 def _restart_view(state) -> dict:

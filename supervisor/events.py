@@ -4,6 +4,9 @@ Subscribers get a bounded memory channel. One that falls behind is cut off,
 never waited for: its channel is closed and its stream ends with a final
 error message, so the daemon never slows down for a slow reader. A short
 history lets `since` replay what happened just before a client subscribed.
+``counts`` keeps how many events of each kind were published, for metrics:
+the kind is the action up to any colon, so "exec_create: ls -l" and
+"health_status: healthy" count as exec_create and health_status.
 """
 
 import collections
@@ -23,6 +26,7 @@ class EventBus:
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY_EVENTS)
         self._subscribers: set[trio.MemorySendChannel] = set()
         self.dropped = 0
+        self.counts: collections.Counter[str] = collections.Counter()
         self._last_ns = 0
 
     def publish(self, action: str, actor_id: str, attributes: dict, kind="container"):
@@ -42,6 +46,7 @@ class EventBus:
             "timeNano": now_ns,
         }
         self.history.append(event)
+        self.counts[action.partition(":")[0]] += 1
         for sub in list(self._subscribers):
             try:
                 sub.send.send_nowait(event)

@@ -84,14 +84,15 @@ PER_CONTAINER = {
     "corral_container_restart_backoff_seconds",
     "corral_container_health_status",
     "corral_container_pressure_avg10",
+    "corral_container_restart_gave_up",
     "corral_events_total",
 }
 DAEMON = {
     "corral_api_request_duration_seconds_bucket",
     "corral_api_request_duration_seconds_sum",
     "corral_api_request_duration_seconds_count",
-    "corral_event_loop_lag_seconds",
-    "corral_supervised_containers",
+    "corral_daemon_event_loop_lag_seconds",
+    "corral_daemon_supervised_containers",
     "up",
 }
 EXPORTED = PER_CONTAINER | DAEMON
@@ -191,17 +192,15 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not():
     assert quiet == set(EXPECTED_ALERTS)
 
 
-def test_rule_file_documents_the_health_status_values():
+def test_rule_file_documents_the_health_status_series():
     lines = (PROMETHEUS_DIR / "alerts.yml").read_text().splitlines()
     comments = " ".join(
-        line.strip().lstrip("#").strip()
+        " ".join(line.strip().lstrip("#").split())
         for line in lines
         if line.strip().startswith("#")
     )
-    assert (
-        "corral_container_health_status: 0 none, 1 starting, 2 healthy, 3 unhealthy"
-        in comments
-    )
+    assert "corral_container_health_status{status} 1 for the health status" in comments
+    assert "(starting, healthy, unhealthy)" in comments
 
 
 def free_loopback_port() -> int:
@@ -356,7 +355,7 @@ def test_dashboard_shows_cpu_memory_restarts_ooms_pressure_and_health(dashboard)
         f"container_spec_memory_limit_bytes{{{sel}}} > 0",
         f"increase(corral_container_restarts_total{{{sel}}}[5m])",
         f"increase(container_oom_events_total{{{sel}}}[5m])",
-        f"corral_container_health_status{{{sel}}}",
+        f'corral_container_health_status{{{sel}, status="unhealthy"}}',
         *(
             f"rate(container_pressure_{resource}_{kind}_seconds_total{{{sel}}}[1m])"
             for resource in ("cpu", "memory", "io")
@@ -367,7 +366,7 @@ def test_dashboard_shows_cpu_memory_restarts_ooms_pressure_and_health(dashboard)
     assert expected <= {t["expr"] for p in timeseries for t in p["targets"]}
     stats = [p for p in dashboard["panels"] if p["type"] == "stat"]
     assert [metric_names(t["expr"]) for p in stats for t in p["targets"]] == [
-        {"corral_supervised_containers"}
+        {"corral_daemon_supervised_containers"}
     ]
 
 
@@ -404,3 +403,30 @@ def test_grafana_provisioning_finds_the_dashboard_and_prometheus():
     assert re.search(
         r"^\s+url: http://127\.0\.0\.1:9090$", datasources, flags=re.MULTILINE
     )
+
+
+# Series a container has only with a health check, interfaces or block I/O
+# of its own, and Prometheus's own up.
+CONDITIONAL = {
+    "corral_container_health_status",
+    "container_fs_reads_bytes_total",
+    "container_fs_writes_bytes_total",
+    *(name for name in PER_CONTAINER if name.startswith("container_network_")),
+    "up",
+}
+
+
+def test_every_series_the_kit_names_is_in_a_live_scrape_of_corrald(daemon, name):
+    daemon.cli("run", "-d", "--name", name, "--cpus", "0.5", "busybox:test",
+               "sleep", "300", check=True)
+    try:
+        reply = daemon.request("GET", "/metrics")
+    finally:
+        daemon.api("DELETE", f"/containers/{name}", force=1)
+
+    scraped = {
+        line.split("{")[0].split(" ")[0]
+        for line in reply.body.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert EXPORTED - CONDITIONAL <= scraped, sorted(EXPORTED - CONDITIONAL - scraped)
