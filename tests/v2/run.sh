@@ -13,7 +13,7 @@
 # Without arguments it runs the cgroup, isolation and exec tests, the OOM and
 # pressure tests and the daemon's limit tests (memory, pids, cpus); arguments
 # replace that selection (paths relative to the repository, or -k/-x...).
-# pytest writes no cache and keeps its temporary dirs under the guest's /tmp.
+# pytest writes no cache and keeps its temporary dirs on a tmpfs of the guest's.
 #
 # Needs: root (qemu's 9p export of /), .venv with the test dependencies.
 # Takes about 10 s to boot plus the tests, which run ~10x slower than on the
@@ -54,8 +54,10 @@ else
 fi
 
 # The guest's root is itself an overlay, which overlayfs refuses as an upper
-# layer, so the containers' state goes on a tmpfs at /tmp.
+# layer, so the containers' state goes on a tmpfs of its own. Not on /tmp:
+# a checkout below /tmp would disappear under it.
+guest_tmp=/var/tmp/corral-v2
 exec "$tool" --timeout "${CORRAL_V2_TIMEOUT_S:-300}" -- \
-  sh -c 'mount -t tmpfs -o size=1g tmpfs /tmp && exec "$@"' guest \
-  env PYTHONDONTWRITEBYTECODE=1 TMPDIR=/tmp \
+  sh -c 'mkdir -p "$0" && mount -t tmpfs -o size=1g tmpfs "$0" && exec "$@"' \
+  "$guest_tmp" env PYTHONDONTWRITEBYTECODE=1 TMPDIR="$guest_tmp" \
   .venv/bin/python -m pytest -q -p no:cacheprovider -rs --color=no "${selection[@]}"
