@@ -45,7 +45,7 @@ daemon: venv
 run: deps venv image daemon
 	$(CORRAL) load -i $(BUILD)/busybox-docker.tar
 	@$(CORRAL) rm -f web >/dev/null 2>&1 || true
-	$(CORRAL) run -d --name web --network host --memory 64m busybox:test \
+	$(CORRAL) run -d --name web --network host --memory 64m --init busybox:test \
 	  sh -c 'mkdir -p /www && echo "hello from corral" > /www/index.html && exec httpd -f -p 127.0.0.1:$(DEMO_PORT) -h /www'
 	@for i in $$(seq 1 30); do curl -fsS http://127.0.0.1:$(DEMO_PORT)/ 2>/dev/null && break; sleep 0.1; done
 	$(CORRAL) run --rm busybox:test sh -c 'echo "hello from $$(hostname), PID $$$$ in its own namespaces"; ps'

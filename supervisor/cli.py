@@ -260,9 +260,7 @@ def _create_arguments(p) -> None:
         metavar="SIZE",
         help="memory plus swap limit; -1 for unlimited swap",
     )
-    p.add_argument(
-        "--cpus", metavar="N", type=float, help="number of CPUs (for example 0.5)"
-    )
+    p.add_argument("--cpus", metavar="N", help="number of CPUs (for example 0.5)")
     p.add_argument(
         "--pids-limit", metavar="N", type=int, help="maximum number of processes"
     )
@@ -272,6 +270,15 @@ def _create_arguments(p) -> None:
         default="none",
         help="none (own namespace, loopback only) or host  [default: none]",
     )
+    # Docker's options that corrald does not support yet: taken here so that
+    # the daemon refuses them with its message (exit 125), not argparse.
+    for flags, dest, kind in _REFUSED_FLAGS:
+        if kind == "list":
+            p.add_argument(*flags, dest=dest, action="append", default=[],
+                           metavar="VALUE", help=argparse.SUPPRESS)
+        else:
+            p.add_argument(*flags, dest=dest, action="store_true",
+                           help=argparse.SUPPRESS)
     p.add_argument(
         "--restart",
         metavar="POLICY",
@@ -421,6 +428,51 @@ def _size(value: str | None, flag: str) -> int:
         raise _UsageError(f"invalid {flag}: {err}") from None
 
 
+# (flags, dest, list or bool): where corrald has no support yet.
+_REFUSED_FLAGS = [
+    (("-p", "--publish"), "publish", "list"),
+    (("-P", "--publish-all"), "publish_all", "bool"),
+    (("-v", "--volume"), "volume", "list"),
+    (("--mount",), "mount", "list"),
+    (("-t", "--tty"), "tty", "bool"),
+    (("-i", "--interactive"), "interactive", "bool"),
+    (("--privileged",), "privileged", "bool"),
+    (("--cap-add",), "cap_add", "list"),
+    (("--device",), "device", "list"),
+    (("--link",), "link", "list"),
+    (("--volumes-from",), "volumes_from", "list"),
+]
+
+
+def _refused_fields(o) -> tuple[dict, dict]:
+    """(Config, HostConfig) fields of the unsupported options given."""
+    config = {"Tty": o.tty, "OpenStdin": o.interactive}
+    host = {
+        "PortBindings": {p: [{}] for p in o.publish},
+        "PublishAllPorts": o.publish_all,
+        "Binds": o.volume,
+        "Mounts": [{"Spec": m} for m in o.mount],
+        "Privileged": o.privileged,
+        "CapAdd": o.cap_add,
+        "Devices": [{"PathOnHost": d} for d in o.device],
+        "Links": o.link,
+        "VolumesFrom": o.volumes_from,
+    }
+    return ({k: v for k, v in config.items() if v},
+            {k: v for k, v in host.items() if v})
+
+
+def _cpus(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return round(float(value) * 1e9)
+    except ValueError:
+        raise _UsageError(
+            f"invalid --cpus {value!r}: give a number of CPUs, for example 0.5"
+        ) from None
+
+
 def _restart_policy(value: str) -> dict:
     name, _, count = value.partition(":")
     if count and not count.removeprefix("-").isdecimal():
@@ -544,7 +596,12 @@ def _env(env, env_files) -> list[str]:
 
 
 def _create_body(o) -> dict:
-    if o.auto_remove and o.restart not in ("no", ""):
+    from .policy import POLICY_NAMES
+
+    restart_name = o.restart.partition(":")[0]
+    # An unknown policy name is the daemon's to explain; the conflict with
+    # --rm only matters for a real policy.
+    if o.auto_remove and restart_name in POLICY_NAMES and restart_name != "no":
         raise _UsageError(
             "conflicting options: cannot use --rm together with --restart "
             f"{o.restart}; a removed container cannot be restarted"
@@ -556,7 +613,7 @@ def _create_body(o) -> dict:
         "Init": o.use_init,
         "Memory": _size(o.memory, "--memory"),
         "MemorySwap": _size(o.memory_swap, "--memory-swap"),
-        "NanoCpus": round(o.cpus * 1e9) if o.cpus is not None else 0,
+        "NanoCpus": _cpus(o.cpus),
         "PidsLimit": o.pids_limit,
         "LogConfig": {
             "Type": "json-file",
@@ -580,6 +637,9 @@ def _create_body(o) -> dict:
         "StopTimeout": o.stop_timeout,
         "HostConfig": host,
     }
+    refused_config, refused_host = _refused_fields(o)
+    body.update(refused_config)
+    host.update(refused_host)
     healthcheck = _healthcheck(o)
     if healthcheck:
         body["Healthcheck"] = healthcheck
@@ -900,7 +960,7 @@ def ps(client: Client, o) -> int:
         return 0
     if o.fmt:
         for c in containers:
-            _echo(_render(o.fmt, c))
+            _echo(_render(o.fmt, _ps_fields(c, o.no_trunc)))
         return 0
     import json
 
@@ -922,6 +982,31 @@ def ps(client: Client, o) -> int:
         )
     _table(rows)
     return 0
+
+
+def _ps_fields(c: dict, no_trunc: bool) -> dict:
+    """What `ps --format` templates see: docker's field names and values."""
+    import json
+    import time
+
+    command = c["Command"] if no_trunc else _truncate(c["Command"], 20)
+    labels = c.get("Labels") or {}
+    return {
+        "ID": c["Id"] if no_trunc else c["Id"][:12],
+        "Image": c["Image"],
+        "Command": json.dumps(command, ensure_ascii=False),
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC",
+                                   time.gmtime(c["Created"])),
+        "RunningFor": _ago(c["Created"]),
+        "Ports": "",
+        "State": c["State"],
+        "Status": c["Status"],
+        "Size": "",
+        "Names": ",".join(n.lstrip("/") for n in c["Names"]),
+        "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        "Mounts": "",
+        "Networks": ",".join(c.get("NetworkSettings", {}).get("Networks") or {}),
+    }
 
 
 def _filters(items, strict: bool) -> dict[str, list[str]]:

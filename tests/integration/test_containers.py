@@ -262,6 +262,66 @@ def test_run_exits_125_when_the_daemon_refuses_a_memory_limit(daemon, name):
     assert daemon.cli("inspect", name).returncode == 1
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["-p", "8080:80"], "published ports (-p) (HostConfig.PortBindings)"),
+        (["-P"], "published ports (-P)"),
+        (["-t"], "a TTY (-t) (Config.Tty)"),
+        (["-i"], "an open stdin (-i)"),
+        (["-v", "/srv:/srv"], "bind mounts (-v) (HostConfig.Binds)"),
+        (["--mount", "type=tmpfs,dst=/x"], "mounts (--mount)"),
+        (["--privileged"], "privileged mode (--privileged)"),
+        (["--cap-add", "NET_ADMIN"], "added capabilities (--cap-add)"),
+        (["--device", "/dev/sda"], "devices (--device)"),
+        (["--link", "other"], "links (--link)"),
+        (["--volumes-from", "other"], "--volumes-from"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else "",
+)
+def test_run_with_an_unsupported_docker_option_exits_125_naming_it(
+    daemon, name, flags, words
+):
+    result = daemon.cli("run", "--name", name, *flags, "busybox:test", "true")
+
+    assert result.returncode == 125
+    assert words in result.stderr
+    assert "is not supported by this version of corral" in result.stderr
+    assert daemon.cli("inspect", name).returncode == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cpus", "abc"], "invalid --cpus 'abc': give a number of CPUs"),
+        (["--rm", "--restart", "bogus"], "invalid restart policy 'bogus': use one of"),
+    ],
+)
+def test_run_with_a_bad_option_value_exits_125_saying_what_is_wrong(
+    daemon, flags, message
+):
+    result = daemon.cli("run", *flags, "busybox:test", "true")
+
+    assert result.returncode == 125
+    assert message in result.stderr
+
+
+def test_ps_format_fields_are_dockers(daemon, name):
+    container_id = daemon.run_detached("--name", name, "-l", "tier=web",
+                                       "busybox:test", "sleep", "300")
+
+    shown = daemon.cli("ps", "--filter", f"name={name}", "--format",
+                       "{{.ID}}|{{.Names}}|{{.Image}}|{{.Command}}|{{.Labels}}|"
+                       "{{.State}}|{{.Networks}}", check=True).stdout
+
+    assert shown == (f'{container_id[:12]}|{name}|busybox:test|"sleep 300"|tier=web|'
+                     "running|none\n")
+    as_json = json.loads(daemon.cli("ps", "--filter", f"name={name}", "--format",
+                                    "json", check=True).stdout)
+    assert as_json["Names"] == name
+    assert as_json["Status"].startswith("Up ")
+
+
 def test_run_exits_125_for_an_unknown_image(daemon):
     result = daemon.cli("run", "--rm", "nosuch/image:1", "true")
 
