@@ -250,8 +250,8 @@ def test_cpu_pressure_turns_high_then_clears_once_the_load_ends(daemon, case):
     daemon.run_detached(
         "--name", case, "--cpus", "0.2", "--pressure-threshold", "cpu=30%",
         "busybox:test", "sh", "-c",
-        "yes >/dev/null & yes >/dev/null & yes >/dev/null & sleep 8; "
-        "kill %1 %2 %3; exec sleep 300",
+        "yes >/dev/null & a=$!; yes >/dev/null & b=$!; yes >/dev/null & c=$!; "
+        "sleep 8; kill $a $b $c; exec sleep 300",
     )
 
     wait_until(lambda: pressure_events(daemon, t0, case)[:1] == [("pressure_high",
@@ -262,11 +262,16 @@ def test_cpu_pressure_turns_high_then_clears_once_the_load_ends(daemon, case):
     assert (shown["Mode"], shown["WindowSeconds"]) == ("trigger", EXPECTED_WINDOW_S)
     assert shown["Cpu"]["Some"]["TotalMicroseconds"] > 0
     wait_until(
-        lambda: pressure_events(daemon, t0, case) == [
-            ("pressure_high", "cpu"), ("pressure_cleared", "cpu")],
+        lambda: pressure_events(daemon, t0, case)[-1:] == [("pressure_cleared", "cpu")],
         20 * SLOW, message="cpu pressure cleared after the load ended",
     )
-    assert state(daemon, case)["CorralPressure"]["High"] == []
+    # A share that dips below the hysteresis during the load may turn it
+    # more than once, but the turns alternate, from high, and end cleared.
+    turns = pressure_events(daemon, t0, case)
+    assert turns == [("pressure_high", "cpu"), ("pressure_cleared", "cpu")] * (
+        len(turns) // 2)
+    holds_for(lambda: state(daemon, case)["CorralPressure"]["High"] == [], 3,
+              message="stays cleared once the load is gone")
 
 
 def test_an_idle_container_raises_no_pressure_event(daemon, case):
