@@ -49,10 +49,8 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import bench_run as br
 import bench_supervision as bs
-from bench_run import BenchError, Context, HostPaths, log, median
+from bench_run import BenchError, log, median
 
 from runtime import cgstats
 from runtime.cgroups import CgroupManager
@@ -372,33 +370,16 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("bench_metrics.py must run as root: it starts daemons and containers")
-        return 1
-    signal.signal(signal.SIGTERM, br._interrupt)
-    br.become_subreaper()
-    top = Path(tempfile.mkdtemp(prefix="cbench-"))
-    ctx = Context(top, Path(), None, HostPaths())
-    engines, code = [], 0
-    try:
-        ctx.docker_archive, ctx.oci_archive = br.sample_archives(top)
-        engines, skipped = br.start_engines(ctx, args.engine_names)
-        print(f"host: {br.host_summary()}")
+
+    def measure(ctx, engines, skipped, watcher, host):
         results = run_measures(engines, args)
         found = report(engines, skipped, results, args)
         if args.json:
             args.json.write_text(json.dumps(
                 {"results": results, "targets": found, "skipped": skipped},
                 indent=2, default=str) + "\n")
-    except BenchError as err:
-        log(f"bench failed: {err}")
-        code = 1
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        code = 1
-    finally:
-        br.cleanup(ctx, engines, None, top)
-    return code
+
+    return br.run_bench("bench_metrics.py", args.engine_names, measure)
 
 
 if __name__ == "__main__":

@@ -1539,10 +1539,13 @@ def host_summary() -> str:
     )
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_bench(script: str, engine_names: list[str], measure, watcher_type=None) -> int:
+    """The frame every bench script runs in: the root check, a temporary
+    directory with the sample image, the engines, and the clean-up whatever
+    happens. measure(ctx, engines, skipped, watcher, host) does the work;
+    0 when it returns, 1 when the bench broke or was interrupted."""
     if os.geteuid() != 0:
-        log("bench_run.py must run as root: it starts daemons and real containers")
+        log(f"{script} must run as root: it starts daemons and real containers")
         return 1
     signal.signal(signal.SIGTERM, _interrupt)
     become_subreaper()
@@ -1554,15 +1557,11 @@ def main(argv=None) -> int:
     code = 0
     try:
         ctx.docker_archive, ctx.oci_archive = sample_archives(top)
-        watcher = ExecWatcher()
-        engines, skipped = start_engines(ctx, args.engine_names)
+        watcher = watcher_type() if watcher_type else None
+        engines, skipped = start_engines(ctx, engine_names)
         host = host_summary()
         print(f"host: {host}")
-        results = run_measures(engines, watcher, ctx, args)
-        figures = summarize(engines, results, args)
-        found = report(engines, skipped, figures, results, args)
-        if args.json:
-            write_json(args, host, skipped, figures, results, found)
+        measure(ctx, engines, skipped, watcher, host)
     except BenchError as err:
         log(f"bench failed: {err}")
         code = 1
@@ -1572,6 +1571,19 @@ def main(argv=None) -> int:
     finally:
         cleanup(ctx, engines, watcher, top)
     return code
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def measure(ctx, engines, skipped, watcher, host):
+        results = run_measures(engines, watcher, ctx, args)
+        figures = summarize(engines, results, args)
+        found = report(engines, skipped, figures, results, args)
+        if args.json:
+            write_json(args, host, skipped, figures, results, found)
+
+    return run_bench("bench_run.py", args.engine_names, measure, ExecWatcher)
 
 
 def _interrupt(signum, frame) -> None:

@@ -91,10 +91,8 @@ import math
 import os
 import re
 import secrets
-import signal
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -105,8 +103,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_run as br
 from bench_run import (
     BenchError,
-    Context,
-    HostPaths,
     log,
     median,
     p90,
@@ -1026,39 +1022,18 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("bench_supervision.py must run as root: it starts daemons and containers")
-        return 1
-    signal.signal(signal.SIGTERM, br._interrupt)
-    br.become_subreaper()
-    br.compile_bytecode()
-    top = Path(tempfile.mkdtemp(prefix="cbench-"))
-    ctx = Context(top, Path(), None, HostPaths())
-    engines: list[br.Engine] = []
-    watcher = None
-    code = 0
-    try:
-        ctx.docker_archive, ctx.oci_archive = br.sample_archives(top)
-        watcher = LifecycleWatcher()
-        engines, skipped = br.start_engines(ctx, args.engine_names)
+
+    def measure(ctx, engines, skipped, watcher, host):
         if not engines or engines[0].name != "corral":
             raise BenchError("corral could not be started")
-        host = br.host_summary()
-        print(f"host: {host}")
         results = run_measures(engines, watcher, ctx, args)
         figures = summarize(engines, results)
         found = report(engines, skipped, figures, args)
         if args.json:
             write_json(args, host, skipped, figures, results, found)
-    except BenchError as err:
-        log(f"bench failed: {err}")
-        code = 1
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        code = 1
-    finally:
-        br.cleanup(ctx, engines, watcher, top)
-    return code
+
+    return br.run_bench("bench_supervision.py", args.engine_names, measure,
+                        LifecycleWatcher)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,8 @@ import json
 import os
 import queue
 import secrets
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_run as br
 import bench_supervision as bs
-from bench_run import BenchError, Context, HostPaths, log, median
+from bench_run import BenchError, log, median
 
 ENGINES = ("corral", "docker", "podman")
 HOG = (
@@ -273,20 +271,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("bench_watchers.py must run as root: it starts daemons and containers")
-        return 1
-    signal.signal(signal.SIGTERM, br._interrupt)
-    br.become_subreaper()
-    br.compile_bytecode()
-    top = Path(tempfile.mkdtemp(prefix="cbench-"))
-    ctx = Context(top, Path(), None, HostPaths())
-    engines, watcher, code = [], None, 0
-    try:
-        ctx.docker_archive, ctx.oci_archive = br.sample_archives(top)
-        watcher = bs.LifecycleWatcher()
-        engines, skipped = br.start_engines(ctx, args.engine_names)
-        print(f"host: {br.host_summary()}")
+
+    def measure(ctx, engines, skipped, watcher, host):
         results = run_measures(engines, watcher, args)
         figures = summarize(results)
         found = report(engines, skipped, figures, results["idle"])
@@ -294,15 +280,9 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(
                 {"figures": figures, "idle": results["idle"], "targets": found,
                  "samples": results["samples"], "skipped": skipped}, indent=2) + "\n")
-    except BenchError as err:
-        log(f"bench failed: {err}")
-        code = 1
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        code = 1
-    finally:
-        br.cleanup(ctx, engines, watcher, top)
-    return code
+
+    return br.run_bench("bench_watchers.py", args.engine_names, measure,
+                        bs.LifecycleWatcher)
 
 
 if __name__ == "__main__":
