@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 from runtime import cgstats
 
-from .container import Container
+from .container import ZERO_TIME, Container
 from .logs import format_time_ns
-
-ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 @dataclass
