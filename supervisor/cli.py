@@ -493,10 +493,13 @@ def _duration_ns(value: str | None, flag: str) -> int | None:
 
 def _pressure_extensions(o) -> dict:
     """corral's HostConfig extensions for pressure events and actions."""
+    out = {}
+    if not (o.pressure_threshold or o.pressure_action):
+        return out
+    # Loaded only when asked for: its dataclasses cost some 10 ms of start-up.
     from . import pressure
     from .units import parse_duration_s
 
-    out = {}
     try:
         if o.pressure_threshold:
             thresholds = {}
@@ -596,12 +599,11 @@ def _env(env, env_files) -> list[str]:
 
 
 def _create_body(o) -> dict:
-    from .policy import POLICY_NAMES
-
     restart_name = o.restart.partition(":")[0]
     # An unknown policy name is the daemon's to explain; the conflict with
-    # --rm only matters for a real policy.
-    if o.auto_remove and restart_name in POLICY_NAMES and restart_name != "no":
+    # --rm only matters for a real policy. (supervisor.policy, with its
+    # dataclasses, costs some 10 ms of start-up: loaded only when needed.)
+    if o.auto_remove and restart_name != "no" and _is_policy(restart_name):
         raise _UsageError(
             "conflicting options: cannot use --rm together with --restart "
             f"{o.restart}; a removed container cannot be restarted"
@@ -646,6 +648,12 @@ def _create_body(o) -> dict:
     if o.entrypoint is not None:
         body["Entrypoint"] = [o.entrypoint] if o.entrypoint else []
     return body
+
+
+def _is_policy(name: str) -> bool:
+    from .policy import POLICY_NAMES
+
+    return name in POLICY_NAMES
 
 
 def _create(client: Client, o) -> str:
