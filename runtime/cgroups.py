@@ -605,6 +605,25 @@ class ContainerCgroup:
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.1)
 
+    def reset_peak_memory(self) -> None:
+        """Start the peak memory figure again, for a cgroup reused by a new
+        run. v1 resets memory.max_usage_in_bytes (and the memory+swap one)
+        on a write of 0; v2's memory.peak has no global reset (Linux 6.12
+        resets it only for the writer's own open file), so it keeps the
+        peak since the cgroup was made. A missing cgroup is fine."""
+        if self.layout is Layout.V2 or not self.dirs.has("memory"):
+            return
+        memory = self.dirs.path("memory")
+        for name in ("memory.max_usage_in_bytes", "memory.memsw.max_usage_in_bytes"):
+            try:
+                self._fs.write(memory / name, "0")
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise CgroupError(
+                    f"cannot reset {name} of container {self.name}: {_reason(err)}"
+                ) from err
+
     def remove(self) -> None:
         """rmdir the container's cgroups; ones already gone are fine.
 
@@ -992,8 +1011,9 @@ def memory_stat(dirs: CgroupDirs) -> dict[str, int]:
 
 
 def memory_peak_bytes(dirs: CgroupDirs) -> int | None:
-    """The most memory the cgroup has used since it was made; None where
-    the kernel does not keep it (v2 before Linux 5.19)."""
+    """The most memory the cgroup has used since it was made (on v1, since
+    reset_peak_memory); None where the kernel does not keep it (v2 before
+    Linux 5.19)."""
     name = "memory.peak" if dirs.layout is Layout.V2 else "memory.max_usage_in_bytes"
     try:
         return _read_int(dirs.path("memory") / name)

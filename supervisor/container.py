@@ -29,8 +29,12 @@ class Run:
     stderr_fd: int
     started_at_s: float
     exited: trio.Event = field(default_factory=trio.Event)
-    # Set once the run's cgroup is removed, a moment after exited.
+    # Set a moment after exited, once the run's cgroup is removed, or
+    # emptied for the next run to reuse (see Engine._restart_after).
     released: trio.Event = field(default_factory=trio.Event)
+    # memory.events' oom_kill count when the run started: a cgroup reused
+    # from an earlier run has counted that run's kills.
+    oom_kills_before: int = 0
     # Set by stop, rm and a SIGKILL through the API: the exit was asked for,
     # so the restart policy treats it as a manual stop.
     stop_requested: bool = False
@@ -62,9 +66,12 @@ class Container:
     # The backoff delay before an automatic restart; cancelled by stop,
     # start, restart and rm.
     pending_restart: trio.CancelScope | None = None
-    # The last run's Run.released: the next run makes its cgroup, under the
-    # same name, only once that is set.
+    # Set once the last run's cgroup is removed or emptied: the next run
+    # makes its cgroup, under the same name, or reuses it, only then.
     cgroup_released: trio.Event | None = None
+    # The run whose cgroup an automatic restart will reuse, from the
+    # restart decision until the next launch takes it.
+    kept_run: Run | None = None
 
     @property
     def id(self) -> str:

@@ -84,6 +84,8 @@ class Engine:
         self._dir = config.root / "containers"
         self.kmsg: KernelLog | None = None
         self.stats = StatsKeeper()
+        # Done events of the cgroup removals under way; shutdown waits for them.
+        self._releasing: set[trio.Event] = set()
         self.pressure_mode = PressureMode("unavailable", 1.0)
 
     # ---- set-up and shutdown -------------------------------------------------
@@ -208,6 +210,9 @@ class Engine:
         async with trio.open_nursery() as nursery:
             for container in list(self.containers.values()):
                 nursery.start_soon(self._shut_down_one, container)
+        # The stopped (and removed) containers' cgroups go before the daemon.
+        while self._releasing:
+            await next(iter(self._releasing)).wait()
 
     async def _shut_down_one(self, container: Container) -> None:
         if self._cancel_pending_restart(container):
@@ -353,7 +358,18 @@ class Engine:
         """Spawn the container's PID 1 and record the run; raises on failure."""
         if container.cgroup_released is not None:
             await container.cgroup_released.wait()
-        spec, cgroup = self._prepare(container)
+        kept, container.kept_run = container.kept_run, None
+        try:
+            spec, cgroup = self._prepare(container, kept.cgroup if kept else None)
+        except BaseException:
+            if kept is not None:
+                container.cgroup_released = done = trio.Event()
+                self._spawn_release(kept.cgroup, done)
+            raise
+        # A reused cgroup has counted the OOM kills of earlier runs.
+        oom_kills_before = (
+            rt_cgroups.memory_events(cgroup.dirs).get("oom_kill", 0) if kept else 0
+        )
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -372,7 +388,7 @@ class Engine:
                 os.close(fd)
             await self._fail_start(container, result, cgroup)
         run = Run(result.pid, os.pidfd_open(result.pid), cgroup, out_r, err_r,
-                  time.monotonic())
+                  time.monotonic(), oom_kills_before=oom_kills_before)
         container.run = run
         container.state.update(
             Status="running",
@@ -392,7 +408,7 @@ class Engine:
         container.log.wake()
         return run
 
-    def _prepare(self, container: Container):
+    def _prepare(self, container: Container, cgroup=None):
         record = container.record
         image = self._image(record["Image"])
         layers = [str(p) for p in self.images.layer_dirs(image)]
@@ -402,7 +418,8 @@ class Engine:
         network = record["HostConfig"]["NetworkMode"]
         self._write_etc_files(container, network)
         try:
-            cgroup = self.cgroups.create(container.id, _limits(record["HostConfig"]))
+            if cgroup is None:
+                cgroup = self.cgroups.create(container.id, _limits(record["HostConfig"]))
         except rt_cgroups.CgroupError as err:
             raise ServerError(f"cannot start container {container.name}: {err}") from err
         spec = rt_process.InitSpec(
@@ -493,7 +510,6 @@ class Engine:
                 status = await self._watch_run(container, run)
                 self._finish_run(container, run, status)
                 container.cgroup_released = run.released
-                self._nursery.start_soon(self._release_cgroup, run)
                 run = await self._restart_after(container, run, status)
         except Exception:
             # One container's failure must never take the daemon down with it.
@@ -552,6 +568,7 @@ class Engine:
             kmsg=self.kmsg,
             mode=self.pressure_mode,
             pressure=pressure_rules.PressureConfig.from_host_config(host),
+            oom_kills_seen=run.oom_kills_before,
             on_oom=lambda kills: self._on_oom(container, run, kills),
             on_pressure=lambda resource, turn, share: self._on_pressure(
                 container, run, resource, turn, share),
@@ -759,8 +776,17 @@ class Engine:
         }
 
     async def _restart_after(self, container: Container, run: Run, status) -> Run | None:
-        """Wait out the backoff and start the next run, or None to stop here."""
+        """Wait out the backoff and start the next run, or None to stop here.
+
+        The run's cgroup is released (emptied and removed) at once when no
+        restart follows. When one does, the cgroup is only emptied, and the
+        next run reuses it: removing a cgroup costs an RCU grace period for
+        each of its PSI triggers (some 5-15 ms apiece here), which a
+        restart would otherwise wait for. A restart that does not happen
+        after all (stop, rm, shutdown, a failed launch) releases it then.
+        """
         if self._shutting_down or container.removing:
+            self._spawn_release(run.cgroup, run.released)
             return None
         rules = policy.RestartPolicy.from_host_config(container.record["HostConfig"])
         if "restart" in (run.unhealthy_action, run.pressure_action) and rules.name == "no":
@@ -778,8 +804,18 @@ class Engine:
         )
         self._set_restart_state(container, state)
         if not decision.restart:
+            self._spawn_release(run.cgroup, run.released)
             self._give_up(container, rules, decision)
             return None
+        container.kept_run = run
+        self._nursery.start_soon(self._empty_cgroup, run)
+        try:
+            return await self._wait_and_restart(container, decision)
+        finally:
+            if container.kept_run is run:
+                self._release_kept_cgroup(container)
+
+    async def _wait_and_restart(self, container: Container, decision) -> Run | None:
         self._mark_restarting(container, decision.delay_s)
         with trio.CancelScope() as scope:
             container.pending_restart = scope
@@ -833,6 +869,9 @@ class Engine:
             return False
         scope.cancel()
         container.pending_restart = None
+        # Released now rather than when the waiting task wakes up, so that
+        # a stop or rm right after sees the release it must wait for.
+        self._release_kept_cgroup(container)
         container.state.update(Restarting=False, Status="exited")
         state = self._restart_state(container)
         self._set_restart_state(container, dataclasses.replace(state, next_restart_at_s=None))
@@ -848,15 +887,55 @@ class Engine:
         container.record["CorralRestartState"] = state.to_dict()
         container.state["CorralRestart"] = _restart_view(state)
 
-    async def _release_cgroup(self, run: Run) -> None:
-        # rmdir of a v1 memory cgroup and cgroup.kill wait for the kernel
-        # (tens of ms): in a thread, so the die event, the restart decision
-        # and every other task go on meanwhile. The next start of the
-        # container waits for it (_launch), and so do stop and rm.
+    def _spawn_release(self, cgroup, done: trio.Event,
+                       after: trio.Event | None = None) -> None:
+        """Remove the cgroup (after `after`, if given), then set `done`.
+
+        Removing a cgroup waits for the kernel (an RCU grace period per PSI
+        trigger, 10-30 ms in all): in a thread, so the die event, the restart
+        decision, the replies to stop and rm and every other task go on
+        meanwhile. Only the next start of the same container waits for it
+        (_launch), and the daemon's shutdown. The cgroup is named after the
+        container's id, which no other container can have.
+        """
+        self._releasing.add(done)
+        self._nursery.start_soon(self._release_cgroup, cgroup, done, after)
+
+    async def _release_cgroup(self, cgroup, done: trio.Event,
+                              after: trio.Event | None) -> None:
         try:
-            await trio.to_thread.run_sync(self._drop_cgroup, run.cgroup)
+            if after is not None:
+                await after.wait()
+            await trio.to_thread.run_sync(self._drop_cgroup, cgroup)
+        finally:
+            done.set()
+            self._releasing.discard(done)
+
+    async def _empty_cgroup(self, run: Run) -> None:
+        """Make the run's cgroup ready for the next run: no process left in
+        it, and its peak memory reset where the kernel allows."""
+        try:
+            await trio.to_thread.run_sync(self._recycle_cgroup, run.cgroup)
         finally:
             run.released.set()
+
+    def _recycle_cgroup(self, cgroup) -> None:
+        try:
+            cgroup.kill()
+            cgroup.reset_peak_memory()
+        except rt_cgroups.CgroupError as err:
+            log.warning("cgroup_cleanup_failed", error=str(err),
+                        consequence="the next run's start may fail")
+
+    def _release_kept_cgroup(self, container: Container) -> None:
+        """Release the cgroup kept for a restart that will not happen."""
+        run = container.kept_run
+        if run is None:
+            return
+        container.kept_run = None
+        done = trio.Event()
+        container.cgroup_released = done
+        self._spawn_release(run.cgroup, done, after=run.released)
 
     def _drop_cgroup(self, cgroup) -> None:
         try:
@@ -899,7 +978,6 @@ class Engine:
         if not run.exited.is_set():
             self._send_signal(container, run, signal.SIGKILL)
             await run.exited.wait()
-        await run.released.wait()
         self.events.publish("stop", container.id, container.attributes())
         log.info("container_stopped", container=container.id)
 
@@ -964,8 +1042,7 @@ class Engine:
             run = container.run
             self._send_signal(container, run, signal.SIGKILL)
             await run.exited.wait()
-        if container.cgroup_released is not None:
-            await container.cgroup_released.wait()
+        # Its cgroup's removal, if still under way, goes on after the reply.
         async with container.lock:
             self._forget(container)
         await trio.to_thread.run_sync(_remove_tree, container.directory)

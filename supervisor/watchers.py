@@ -14,6 +14,7 @@ publishes events nor touches records itself.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ class RunWatch:
         pressure: PressureConfig,
         on_oom: Callable[[list[OomKill]], None],
         on_pressure: Callable[[str, str, float], None],
+        oom_kills_seen: int = 0,
     ):
         self.container_id = container_id
         self.pid1 = pid1
@@ -81,7 +83,7 @@ class RunWatch:
         self.trackers: dict[str, ResourceTracker] = pressure.trackers()
         self.on_oom = on_oom
         self.on_pressure = on_pressure
-        self.oom_kills_seen = 0
+        self.oom_kills_seen = oom_kills_seen
         self._oom: rt_oom.OomWatch | None = None
 
     # ---- OOM -------------------------------------------------------------
@@ -154,38 +156,39 @@ class RunWatch:
             return
         window_s = self.mode.window_s
         fired_send, fired = trio.open_memory_channel(math.inf)
-        triggers = []
+        triggers = _TriggerSet()
         try:
             if self.mode.mode == "trigger":
-                # Setting and closing a trigger waits for the kernel (an RCU
-                # grace period on close, ~5-10 ms each): never on the loop.
-                # Filled in place, so a cancel that lands while the thread
-                # runs leaves the triggers to the finally below.
+                # Setting a trigger can wait for the kernel: 10-20 ms while
+                # triggers of an earlier run on the same cgroup are being
+                # closed (each close waits for an RCU grace period). So it
+                # runs in a thread, and a cancel (the run ended) does not
+                # wait for it: the set closes what the thread makes after.
                 await trio.to_thread.run_sync(
-                    self._set_triggers, directory, window_s, triggers)
+                    self._set_triggers, directory, window_s, triggers,
+                    abandon_on_cancel=True)
             async with trio.open_nursery() as nursery:
-                for resource, trigger in triggers:
+                for resource, trigger in triggers.items:
                     nursery.start_soon(_wait_trigger, trigger, resource, fired_send)
-                await self._track(directory, window_s, fired, sample_always=not triggers)
+                await self._track(directory, window_s, fired,
+                                  sample_always=not triggers.items)
         finally:
-            if triggers:
-                trio.lowlevel.spawn_system_task(
-                    trio.to_thread.run_sync, _close_all, triggers)
+            if left := triggers.abandon():
+                trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, _close_all, left)
 
-    def _set_triggers(self, directory, window_s: float, triggers: list) -> None:
+    def _set_triggers(self, directory, window_s: float, triggers: _TriggerSet) -> None:
         window_us = round(window_s * 1e6)
         try:
             for resource, tracker in self.trackers.items():
                 threshold_us = max(1, round(window_us * tracker.trigger_level / 100))
                 path = rt_pressure.pressure_path(directory, resource)
-                triggers.append(
-                    (resource, rt_pressure.Trigger(path, "some", threshold_us, window_us))
-                )
+                trigger = rt_pressure.Trigger(path, "some", threshold_us, window_us)
+                if not triggers.add(resource, trigger):
+                    return
         except rt_pressure.PressureError as err:
             log.warning("pressure_trigger_failed", error=str(err),
                         consequence="this run's pressure is sampled each window")
-            _close_all(triggers)
-            triggers.clear()
+            _close_all(triggers.abandon())
 
     async def _track(self, directory, window_s: float, fired, sample_always: bool):
         last = self._totals(directory)
@@ -235,6 +238,33 @@ class RunWatch:
             except (FileNotFoundError, KeyError):
                 pass
         return round(peak, 2)
+
+
+class _TriggerSet:
+    """The triggers of one run, filled by a worker thread that the run's
+    end may leave behind: once abandoned, the set closes what comes after."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.items: list[tuple[str, rt_pressure.Trigger]] = []
+
+    def add(self, resource: str, trigger: rt_pressure.Trigger) -> bool:
+        """Keep `trigger`; False, after closing it, when abandoned."""
+        with self._lock:
+            if not self._abandoned:
+                self.items.append((resource, trigger))
+                return True
+        trigger.close()
+        return False
+
+    def abandon(self) -> list[tuple[str, rt_pressure.Trigger]]:
+        """The triggers made so far, for the caller to close; later ones
+        are closed as they come."""
+        with self._lock:
+            self._abandoned = True
+            items, self.items = self.items, []
+        return items
 
 
 async def _wait_trigger(trigger, resource: str, fired_send) -> None:

@@ -409,6 +409,35 @@ def test_memory_limit_lands_in_the_cgroup_and_a_hog_is_oom_killed(daemon, name):
     assert daemon.inspect(name)["HostConfig"]["Memory"] == 16 * 1024 * 1024
 
 
+def test_an_automatic_restart_keeps_the_limits_and_starts_the_peak_again(daemon, name):
+    # The restart reuses the run's cgroup, emptied: the next run has the same
+    # limit, and on v1 a peak of its own; v2 cannot reset memory.peak, so
+    # there the peak covers both runs.
+    limit_file = file_in_container("memory", "memory.limit_in_bytes", "memory.max")
+    daemon.run_detached(
+        "--name", name, "--restart", "on-failure:1", "--restart-delay", "0",
+        "-m", "64m", "busybox:test", "sh", "-c",
+        f"cat {limit_file}; [ -e /ran ] && exit 0; touch /ran; "
+        "dd if=/dev/zero of=/dev/null bs=40M count=1 2>/dev/null; exit 3",
+    )
+
+    wait_until(
+        lambda: len(daemon.inspect(name)["State"].get("CorralTerminations") or []) == 2,
+        15, message="two runs",
+    )
+
+    shown = daemon.inspect(name)
+    assert shown["RestartCount"] == 1
+    assert logs_of(daemon, name).split() == [str(64 << 20)] * 2
+    first, second = shown["State"]["CorralTerminations"]
+    assert (first["ExitCode"], second["ExitCode"]) == (3, 0)
+    assert first["PeakMemoryBytes"] >= 40 << 20
+    if LAYOUT is Layout.V2:
+        assert second["PeakMemoryBytes"] >= first["PeakMemoryBytes"]
+    else:
+        assert second["PeakMemoryBytes"] < 16 << 20
+
+
 def test_pids_limit_contains_a_fork_bomb_and_the_container_still_stops(daemon, name):
     container_id = daemon.run_detached(
         "--name",
@@ -686,6 +715,9 @@ def test_rm_f_removes_a_running_container_and_its_cgroup_and_files(daemon, name)
     result = daemon.cli("rm", "-f", name)
 
     assert (result.returncode, result.stdout) == (0, f"{name}\n")
-    assert not any(path.exists() for path in cgroups)
     assert not (daemon.state_dir / "containers" / container_id).exists()
+    # The cgroup's removal finishes just after the reply (it waits for the
+    # kernel to drop its pressure triggers).
+    wait_until(lambda: not any(path.exists() for path in cgroups), 5,
+               message="the cgroup removed")
     assert name not in daemon.cli("ps", "-a").stdout

@@ -47,6 +47,7 @@ else
     tests/integration/test_exec_runtime.py
     tests/integration/test_oom_pressure.py
     "tests/integration/test_containers.py::test_memory_limit_lands_in_the_cgroup_and_a_hog_is_oom_killed"
+    "tests/integration/test_containers.py::test_an_automatic_restart_keeps_the_limits_and_starts_the_peak_again"
     "tests/integration/test_containers.py::test_pids_limit_contains_a_fork_bomb_and_the_container_still_stops"
     "tests/integration/test_containers.py::test_pids_limit_lands_in_the_cgroup"
     "tests/integration/test_containers.py::test_cpus_lands_in_the_cgroup_as_quota_over_period"
