@@ -9,12 +9,14 @@ fault, and never yields a partial body as if it were whole.
 Every `corral` command loads this module, and the CLI's start-up time is
 most of a short command's time, so it imports only what every command
 needs: httptools rather than h11 (whose dataclasses pull in `inspect`, some
-20 ms of CPU at each start), `json` where it is first needed, and
-urllib.parse only for a query value that needs %-encoding.
+20 ms of CPU at each start), `json` where it is first needed,
+urllib.parse only for a query value that needs %-encoding, and the C
+`_socket` module rather than `socket`, whose wrappers pull in enum and
+selectors for nothing a one-request connection uses.
 """
 
+import _socket
 import os
-import socket
 
 import httptools
 
@@ -49,11 +51,11 @@ class Response:
     methods from feed_data as it parses what the socket gave.
     """
 
-    def __init__(self, sock: socket.socket, method: str):
+    def __init__(self, sock: _socket.socket, method: str):
         self.status = 0
         self.reason = ""
         self.headers: dict[str, str] = {}
-        self._sock: socket.socket | None = sock
+        self._sock: _socket.socket | None = sock
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = method == "HEAD"
         self._head_bytes = 0
@@ -293,8 +295,8 @@ class Client:
             raise ClientError(response.status, _error_message(response))
         return response
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    def _connect(self) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as err:
@@ -315,11 +317,13 @@ class Client:
 
     def call(self, method: str, path: str, query: dict | None = None, body=None):
         """Send a request and decode its JSON answer (None for an empty one)."""
-        import json
-
         data = self.open(method, path, query, body).read()
+        if not data.strip():
+            return None
+        import json  # not before: stop, kill and rm get no body
+
         try:
-            return json.loads(data) if data.strip() else None
+            return json.loads(data)
         except ValueError as err:
             raise _bad_reply(f"the body of {method} {path} is not JSON ({err})") from None
 
@@ -339,7 +343,7 @@ def _request_head(method: str, target: str, headers: dict) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
-def _send_body(sock: socket.socket, body, chunked: bool) -> None:
+def _send_body(sock: _socket.socket, body, chunked: bool) -> None:
     if body is None:
         return
     if isinstance(body, bytes):
