@@ -53,15 +53,23 @@ class Stall:
                 "TotalMicroseconds": self.total_us}
 
 
-def pressure_path(cgroup_dir: Path, resource: str) -> Path:
-    return Path(cgroup_dir) / f"{resource}.pressure"
+def pressure_path(cgroup_dir: Path | str, resource: str) -> str:
+    return f"{cgroup_dir}/{resource}.pressure"
 
 
-def read_pressure(cgroup_dir: Path, resource: str) -> dict[str, Stall]:
+def read_pressure(cgroup_dir: Path | str, resource: str) -> dict[str, Stall]:
     """{"some": Stall, "full": Stall} of one resource; the kernel leaves out
     "full" for cpu on the root cgroup only. FileNotFoundError when the file
     is missing."""
-    return parse_pressure(pressure_path(cgroup_dir, resource).read_text())
+    # One os.read, not Path.read_text: inspect, stats and every pressure
+    # window read these, and pathlib and the text layer cost more than the
+    # read itself. The file is two lines, well under 4 KiB.
+    fd = os.open(pressure_path(cgroup_dir, resource), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return parse_pressure(data.decode())
 
 
 def parse_pressure(text: str) -> dict[str, Stall]:
