@@ -79,6 +79,7 @@ bench: deps venv image
 	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_run.py
 	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_supervision.py
 	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_watchers.py
+	CORRAL_SAMPLE_DIR=$(BUILD) $(PY) tests/bench/bench_metrics.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)
