@@ -19,8 +19,10 @@ both daemons by their pid and removes its cgroups and temporary files.
 The workload, all from the sample busybox image:
   busy    a CPU spinner limited to half a core (--cpus 0.5): CPU and CPU
           pressure;
-  leaky   grows its memory by ~1 MiB a second into a 48 MiB limit, is
-          OOM-killed, and comes back after 10 s (--restart on-failure);
+  leaky   writes 1 MiB a second to its /dev/shm (tmpfs: memory that
+          cannot be reclaimed) into a 48 MiB limit, is OOM-killed as a
+          whole (--oom-kill-group), and comes back after 10 s (--restart
+          on-failure);
   crashy  exits 1 after 40 s, restarted by --restart always;
   flaky   a health check that fails in odd minutes (--health-retries 1).
 
@@ -52,10 +54,11 @@ SCRAPE_S = 2
 
 WORKLOAD = {
     "busy": ["--cpus", "0.5", "busybox:test", "sh", "-c", "while :; do :; done"],
-    "leaky": ["-m", "48m", "--memory-swap", "48m", "--restart", "on-failure",
+    "leaky": ["-m", "48m", "--memory-swap", "48m", "--oom-kill-group",
+              "--restart", "on-failure",
               "--restart-delay", "10s", "busybox:test", "sh", "-c",
-              'x=; while :; do x="$x$(head -c 1048576 /dev/zero | tr "\\0" a)"; '
-              "sleep 1; done"],
+              "i=0; while :; do dd if=/dev/zero of=/dev/shm/$i bs=1M count=1 "
+              "2>/dev/null; i=$((i+1)); sleep 1; done"],
     "crashy": ["--restart", "always", "--restart-delay", "2s", "busybox:test",
                "sh", "-c", "sleep 40; exit 1"],
     "flaky": ["--health-cmd", "test $(( $(date +%s) / 60 % 2 )) -eq 0",
@@ -250,10 +253,10 @@ def draw(base: str, start: float, end: float, out: Path) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     panels = [p for p in dashboard["panels"] if p.get("targets")]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(16, rows * 0.42), dpi=100)
+    fig = plt.figure(figsize=(16, rows * 0.5), dpi=100)
     fig.suptitle(f"{dashboard['title']}: {(end - start) / 60:.0f} min of a real corrald, "
-                 "drawn from Prometheus with the dashboard's queries", fontsize=12)
-    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=1.2)
+                 "drawn from Prometheus with the dashboard's queries", fontsize=12, y=0.995)
+    grid = fig.add_gridspec(rows, 24, hspace=2.6, wspace=1.2, top=0.96)
     step = max(SCRAPE_S, round((end - start) / 300))
     for panel in panels:
         pos = panel["gridPos"]
@@ -275,8 +278,9 @@ def draw(base: str, start: float, end: float, out: Path) -> None:
             continue
         if len(series) > 8:
             # A crowded panel (pressure: six series per container) keeps
-            # the series that moved.
-            series = [s for s in series if any(v for _, v in s[1])]
+            # the series that rose above 1 % of the panel's highest value.
+            top = max((v for _, points in series for _, v in points), default=0)
+            series = [s for s in series if max(v for _, v in s[1]) > top / 100]
         scale, label = {"bytes": (1 / (1 << 20), "MiB"),
                         "percentunit": (100, "%")}.get(unit, (1, ""))
         for name, points in sorted(series):
