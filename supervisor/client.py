@@ -9,7 +9,10 @@ fault, and never yields a partial body as if it were whole.
 Every `corral` command loads this module, and the CLI's start-up time is
 most of a short command's time, so it imports only what every command
 needs: httptools rather than h11 (whose dataclasses pull in `inspect`, some
-20 ms of CPU at each start), `json` where it is first needed,
+20 ms of CPU at each start), imported only once the first request has been
+sent (its ~5 ms, mostly the `typing` module it pulls in, then overlap
+corrald's work on the request: a `stop` reaches the container sooner),
+`json` where it is first needed,
 urllib.parse only for a query value that needs %-encoding, and the C
 `_socket` module rather than `socket`, whose wrappers pull in enum and
 selectors for nothing a one-request connection uses.
@@ -17,8 +20,6 @@ selectors for nothing a one-request connection uses.
 
 import _socket
 import os
-
-import httptools
 
 RECEIVE_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024
@@ -56,6 +57,8 @@ class Response:
         self.reason = ""
         self.headers: dict[str, str] = {}
         self._sock: _socket.socket | None = sock
+        import httptools  # here, after the request went out: see the module's doc
+
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = method == "HEAD"
         self._head_bytes = 0
@@ -103,6 +106,8 @@ class Response:
     # ---- reading
 
     def _feed(self, data: bytes) -> None:
+        import httptools
+
         if not self._head_done:
             self._head_bytes += len(data)
         try:
