@@ -374,10 +374,12 @@ class Engine:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             spawned = rt_process.spawn_init(spec, out_w, err_w)
-        except (OSError, rt_process.ProcessError) as err:
+        except (OSError, ValueError, rt_process.ProcessError) as err:
             for fd in (out_r, err_r):
                 os.close(fd)
             self._drop_cgroup(cgroup)
+            if isinstance(err, ValueError):  # a setting the create checks let through
+                raise BadParameter(f"cannot start container {container.name}: {err}") from err
             raise ServerError(f"cannot start container {container.name}: {err}") from err
         finally:
             os.close(out_w)
@@ -1108,6 +1110,12 @@ class Engine:
                                     container.attributes(execID=inst.id, exitCode=code))
             except Conflict as err:
                 inst.error = err.message
+            except Exception as err:
+                # One exec's fault must never take the daemon down with it.
+                log.exception("exec_failed", exec_id=inst.id)
+                inst.error = f"exec failed in corrald: {err}"
+                if inst.exit_code is None:
+                    inst.exit_code = 126
             finally:
                 if on_done is not None:
                     on_done()

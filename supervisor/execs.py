@@ -91,16 +91,33 @@ def new_exec(container: Container, body: dict) -> ExecInstance:
     if not cmd or not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
         raise BadParameter("exec needs a command: Cmd must be a non-empty list of strings")
     env = body.get("Env") or []
-    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-        raise BadParameter("exec Env must be a list of NAME=value strings")
+    if not isinstance(env, list) or not all(
+        isinstance(e, str) and "=" in e and not e.startswith("=") for e in env
+    ):
+        raise BadParameter(
+            f"exec Env must be a list of NAME=value strings, not {env!r}: "
+            "give each variable as -e NAME=value"
+        )
+    workdir = body.get("WorkingDir") or ""
+    if not isinstance(workdir, str) or (workdir and not workdir.startswith("/")):
+        raise BadParameter(
+            f"exec WorkingDir {workdir!r} is not an absolute path: give -w a path "
+            "that starts with /"
+        )
+    user = body.get("User") or ""
+    if not isinstance(user, str):
+        raise BadParameter(f"exec User must be a string, not {user!r}")
+    for text in [*cmd, *env, workdir, user]:
+        if "\0" in text:
+            raise BadParameter(f"exec setting {text!r} holds a NUL byte")
     config = container.record["Config"]
     return ExecInstance(
         id=secrets.token_hex(32),
         container=container,
         args=cmd,
         env=_merge_env([f"HOSTNAME={config['Hostname']}", *config["Env"]], env),
-        cwd=body.get("WorkingDir") or config["WorkingDir"] or "/",
-        user=body.get("User") or config["User"] or "",
+        cwd=workdir or config["WorkingDir"] or "/",
+        user=user or config["User"] or "",
         attach_stdout=bool(body.get("AttachStdout", True)),
         attach_stderr=bool(body.get("AttachStderr", True)),
     )
@@ -146,7 +163,7 @@ async def _run(inst, run, output, timeout_s) -> int:
     )
     try:
         spawned = rt_process.spawn_exec(spec, out_w, err_w)
-    except (OSError, rt_process.ProcessError) as err:
+    except (OSError, ValueError, rt_process.ProcessError) as err:
         os.close(out_r)
         os.close(err_r)
         inst.exit_code, inst.error = 126, f"cannot start exec: {err}"

@@ -75,8 +75,34 @@ def build_spec(body: dict, name: str, image_config: dict, host_cpus: int) -> Con
             "no command specified: the image has no Cmd or Entrypoint; "
             "give a command after the image name"
         )
+    _check_process_fields(config, command)
     host_config = _check_host_config(host, host_cpus)
     return ContainerSpec(name, config, host_config, command[0], command[1:])
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _check_process_fields(config: dict, command: list[str]) -> None:
+    """What the container's PID 1 gets: refused here, before anything is
+    made, rather than at start."""
+    workdir = config["WorkingDir"]
+    if not isinstance(workdir, str) or (workdir and not workdir.startswith("/")):
+        raise BadParameter(
+            f"the working directory {workdir!r} is invalid: it needs to be an "
+            "absolute path (-w /path)"
+        )
+    hostname = config["Hostname"]
+    if not isinstance(hostname, str) or (hostname and not _HOSTNAME.fullmatch(hostname)):
+        raise BadParameter(
+            f"invalid hostname {hostname!r}: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit, at most 63 characters"
+        )
+    if not isinstance(config["User"], str):
+        raise BadParameter(f"User must be a string, not {config['User']!r}")
+    for text in [*command, *config["Env"], workdir, config["User"]]:
+        if "\0" in text:
+            raise BadParameter(f"invalid container setting {text!r}: holds a NUL byte")
 
 
 def _refuse_unsupported(doc: dict, fields: dict, where: str) -> None:

@@ -65,6 +65,12 @@ BAD_CREATES = {
         host(LogConfig={"Type": "json-file", "Config": {"x": "1"}}),
         "unknown log option(s) x",
     ),
+    "relative working directory": (
+        {**BUSYBOX, "WorkingDir": "relative"},
+        "it needs to be an absolute path",
+    ),
+    "invalid hostname": ({**BUSYBOX, "Hostname": "bad host!"}, "invalid hostname"),
+    "NUL in the command": ({**BUSYBOX, "Cmd": ["echo", "a\0b"]}, "holds a NUL byte"),
 }
 
 
@@ -179,6 +185,22 @@ def test_kill_with_a_bad_signal_is_400_and_the_container_keeps_running(daemon, n
     assert reply.status == 400
     assert "invalid signal 'SIGFOO'" in reply.json()["message"]
     assert cli.returncode == 1 and "invalid signal 'NOPE'" in cli.stderr
+    assert daemon.inspect(name)["State"]["Running"] is True
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-e", "=x"], "exec Env must be a list of NAME=value strings"),
+    (["-w", "relative"], "is not an absolute path"),
+])
+def test_exec_with_a_bad_option_is_refused_and_the_daemon_lives_on(
+    daemon, name, flags, message
+):
+    daemon.run_detached("--name", name, "busybox:test", "sleep", "300")
+
+    result = daemon.cli("exec", *flags, name, "true")
+
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert daemon.cli("exec", name, "true").returncode == 0
     assert daemon.inspect(name)["State"]["Running"] is True
 
 
