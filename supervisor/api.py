@@ -31,7 +31,7 @@ from .errors import (
     NotFound,
     ServerError,
 )
-from .logs import Follower, parse_time_ns, read_entries
+from .logs import Follower, LogSnapshot, parse_time_ns
 from .server import Request, Response, StreamResponse, UpgradeResponse, json_response
 from .status import human_status
 
@@ -313,16 +313,19 @@ class Api:
         follow = _bool(request.query.get("follow"))
         stamps = _bool(request.query.get("timestamps"))
         writer = container.log
-        entries = read_entries(writer.path, writer.max_files, tail)
-        # Opened with no await after the read, so no line can fall between them.
+        # Both opened with no await between them: the follower reads on
+        # exactly where the snapshot of the files ends.
         follower = Follower(writer) if follow else None
+        snapshot = LogSnapshot(writer.path, writer.max_files,
+                               follower.position if follower else None)
 
         def frames(batch):
             return _frames(batch, want, stamps, since, until)
 
         async def chunks():
             try:
-                yield frames(entries)
+                async for batch in _read_snapshot(snapshot, tail):
+                    yield frames(batch)
                 while follower is not None:
                     batch = follower.read_new()
                     if batch:
@@ -332,6 +335,7 @@ class Api:
                         return
                     await writer.lot.park()
             finally:
+                snapshot.close()
                 if follower is not None:
                     follower.close()
 
@@ -392,15 +396,17 @@ class Api:
             "stderr": _bool(request.query.get("stderr")),
         }
         writer = container.log
-        past = read_entries(writer.path, writer.max_files, None)
         follower = Follower(writer)
-        past = past if _bool(request.query.get("logs")) else []
+        snapshot = (LogSnapshot(writer.path, writer.max_files, follower.position)
+                    if _bool(request.query.get("logs")) else None)
         stream = _bool(request.query.get("stream"))
 
         async def chunks():
             seen_running = container.running
             try:
-                yield _frames(past, want, False, None, None)
+                if snapshot is not None:
+                    async for batch in _read_snapshot(snapshot, None):
+                        yield _frames(batch, want, False, None, None)
                 while stream:
                     batch = follower.read_new()
                     if batch:
@@ -413,6 +419,8 @@ class Api:
                         return
                     await writer.lot.park()
             finally:
+                if snapshot is not None:
+                    snapshot.close()
                 follower.close()
 
         return UpgradeResponse(chunks())
@@ -555,6 +563,16 @@ def _route_label(compiled, method: str, path: str) -> str:
                 return template
             fallback = fallback or template
     return fallback or "other"
+
+
+async def _read_snapshot(snapshot: LogSnapshot, tail: int | None):
+    """The snapshot's entries in batches, each read in a worker thread."""
+    if tail is not None:
+        yield await trio.to_thread.run_sync(snapshot.tail, tail)
+        return
+    batches = snapshot.batches()
+    while batch := await trio.to_thread.run_sync(next, batches, None):
+        yield batch
 
 
 def _frames(batch, want: dict, stamps: bool, since, until) -> bytes:

@@ -11,7 +11,6 @@ rotation and when the container stops for good; trio runs writer and
 followers on one thread, so checking and parking cannot race.
 """
 
-import collections
 import json
 import os
 import time
@@ -134,17 +133,99 @@ def parse_line(line: bytes) -> LogEntry | None:
 
 def read_entries(path: Path, max_files: int, tail: int | None) -> list[LogEntry]:
     """Every entry in the rotated files, oldest first, or the last `tail` ones."""
-    kept = collections.deque(maxlen=tail)
-    for n in range(max_files - 1, -1, -1):
-        try:
-            with open(rotated_path(path, n), "rb") as f:
-                for line in f:
-                    entry = parse_line(line)
-                    if entry is not None:
-                        kept.append(entry)
-        except FileNotFoundError:
-            continue
-    return list(kept)
+    snapshot = LogSnapshot(path, max_files)
+    try:
+        if tail is not None:
+            return snapshot.tail(tail)
+        return [entry for batch in snapshot.batches() for entry in batch]
+    finally:
+        snapshot.close()
+
+
+class LogSnapshot:
+    """A container's log files as they are at one moment, to be read in a
+    worker thread while the container goes on writing.
+
+    Made on the event loop: it opens every file at once, so a rotation
+    afterwards changes nothing it reads, and it reads the current file only
+    up to `end`, its size now (a Follower opened at the same moment starts
+    there). Reading a large log never holds the event loop: `tail` reads
+    backwards from the end, and `batches` yields the entries a few thousand
+    at a time, for the caller to send as it goes.
+    """
+
+    BATCH = 4096
+    BLOCK_BYTES = 64 * 1024
+
+    def __init__(self, path: Path, max_files: int, end: int | None = None):
+        self._files: list[tuple[object, int]] = []  # oldest first, with the byte limit
+        for n in range(max_files - 1, -1, -1):
+            try:
+                f = open(rotated_path(path, n), "rb")
+            except FileNotFoundError:
+                continue
+            limit = os.fstat(f.fileno()).st_size
+            if n == 0 and end is not None:
+                limit = min(limit, end)
+            self._files.append((f, limit))
+
+    def batches(self):
+        """The entries, oldest first, in lists of at most BATCH."""
+        batch = []
+        for f, limit in self._files:
+            f.seek(0)
+            left = limit
+            while left > 0:
+                line = f.readline(left)
+                if not line:
+                    break
+                left -= len(line)
+                entry = parse_line(line)
+                if entry is not None:
+                    batch.append(entry)
+                    if len(batch) >= self.BATCH:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
+
+    def tail(self, count: int) -> list[LogEntry]:
+        """The last `count` entries, oldest first, read from the end."""
+        found: list[LogEntry] = []
+        for f, limit in reversed(self._files):
+            if len(found) >= count:
+                break
+            for line in _lines_backwards(f, limit, self.BLOCK_BYTES):
+                entry = parse_line(line)
+                if entry is not None:
+                    found.append(entry)
+                    if len(found) >= count:
+                        break
+        found.reverse()
+        return found
+
+    def close(self) -> None:
+        for f, _ in self._files:
+            f.close()
+        self._files = []
+
+
+def _lines_backwards(f, end: int, block_bytes: int):
+    """The lines of f's first `end` bytes, last first."""
+    position = end
+    rest = b""
+    while position > 0:
+        start = max(0, position - block_bytes)
+        f.seek(start)
+        data = f.read(position - start) + rest
+        position = start
+        lines = data.split(b"\n")
+        rest = lines.pop(0)  # may continue in the block before
+        for line in reversed(lines):
+            if line:
+                yield line + b"\n"
+    if rest:
+        yield rest
 
 
 class Follower:
@@ -154,6 +235,11 @@ class Follower:
         self.writer = writer
         self.generation = writer.generation
         self._file = self._open_at_end()
+
+    @property
+    def position(self) -> int | None:
+        """Where in the current file it reads on from, if it has it open."""
+        return self._file.tell() if self._file is not None else None
 
     def _open_at_end(self):
         try:

@@ -4,6 +4,7 @@ from supervisor.logs import (
     PARTIAL_LINE_FLUSH_BYTES,
     Follower,
     LineSplitter,
+    LogSnapshot,
     LogWriter,
     format_time_ns,
     parse_time_ns,
@@ -64,6 +65,50 @@ def test_tail_returns_the_last_lines_across_rotated_files(tmp_path):
     for n in range(100):
         w.write("stdout", f"{n}\n".encode())
     assert [e.data for e in read_entries(path, 5, 3)] == [b"97\n", b"98\n", b"99\n"]
+
+
+def test_a_tail_longer_than_a_read_block_spans_blocks_and_files(tmp_path):
+    path = tmp_path / "c.log"
+    w = LogWriter(path, 4096, 4)
+    for n in range(300):
+        w.write("stdout", f"{n} {'x' * (n % 50)}\n".encode())
+    snapshot = LogSnapshot(path, 4)
+    snapshot.BLOCK_BYTES = 100  # many blocks, lines cut at their edges
+    every = [e.data for batch in LogSnapshot(path, 4).batches() for e in batch]
+
+    tail = [e.data for e in snapshot.tail(60)]
+
+    assert tail == every[-60:]
+    assert int(tail[-1].split()[0]) == 299
+    assert [e.data for e in snapshot.tail(10_000)] == every
+
+
+def test_a_snapshot_reads_the_current_file_only_up_to_its_end_and_survives_rotation(
+    tmp_path,
+):
+    path = tmp_path / "c.log"
+    w = LogWriter(path, 1024, 3)
+    for n in range(5):
+        w.write("stdout", f"{n}\n".encode())
+    follower = Follower(w)
+    snapshot = LogSnapshot(path, 3, follower.position)
+    for n in range(5, 200):  # rotates several times: the snapshot's files are open
+        w.write("stdout", f"{n}\n".encode())
+
+    seen = [e.data for batch in snapshot.batches() for e in batch]
+    later = [e.data for e in follower.read_new()]
+
+    assert seen == [f"{n}\n".encode() for n in range(5)]
+    assert later[0] == b"5\n"
+
+
+def test_batches_bound_how_many_entries_come_at_once(tmp_path):
+    path = tmp_path / "c.log"
+    w = LogWriter(path, 1 << 20, 2)
+    for n in range(10_000):
+        w.write("stdout", b"x\n")
+    sizes = [len(batch) for batch in LogSnapshot(path, 2).batches()]
+    assert max(sizes) == LogSnapshot.BATCH and sum(sizes) == 10_000
 
 
 def test_follower_sees_lines_written_after_it_opened_and_across_rotation(tmp_path):
