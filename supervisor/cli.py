@@ -690,8 +690,33 @@ def run(client: Client, o) -> int:
         client, container_id, "removed" if o.auto_remove else "next-exit"
     )
     _start_or_fail(client, container_id, o.auto_remove)
+    _proxy_signals(client, container_id)
     _copy_frames(output)
     return _wait_result(waiter)
+
+
+# As docker run does without a TTY: signals the attached CLI gets go to the
+# container, and the CLI goes on showing its output until it exits.
+_PROXIED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+def _proxy_signals(client: Client, container_id: str) -> None:
+    import signal
+
+    def forward(signum, frame):
+        try:
+            client.call("POST", f"/containers/{container_id}/kill", {"signal": signum})
+        except ClientError as err:
+            if err.status == 409:
+                return  # it has just stopped: its output and exit code follow
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt from None  # corrald is gone: give up
+        except OSError:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt from None
+
+    for name in _PROXIED_SIGNALS:
+        signal.signal(getattr(signal, name), forward)
 
 
 def _open_wait(client: Client, container_id: str, condition: str):
@@ -812,6 +837,7 @@ def start(client: Client, o) -> int:
         client.call("POST", f"/containers/{container_id}/start")
     except ClientError as err:
         _fail(err, 1)
+    _proxy_signals(client, container_id)
     _copy_frames(output)
     return _wait_result(waiter)
 
@@ -1071,7 +1097,13 @@ def _render(template: str, doc) -> str:
     # \t and \n are the template's own escapes, as in docker's formats; the
     # values are printed as they are, so {{json ...}} stays valid JSON.
     template = template.replace("\\t", "\t").replace("\\n", "\n")
-    return re.sub(r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}", value, template)
+    pattern = r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}"
+    if "{{" in re.sub(pattern, "", template) or "}}" in re.sub(pattern, "", template):
+        raise _UsageError(
+            f"cannot parse the template {template!r}: corral understands "
+            "{{.Field.Sub}} and {{json .Field}}"
+        )
+    return re.sub(pattern, value, template)
 
 
 def _field(doc, name: str):
@@ -1154,12 +1186,17 @@ def stats(client: Client, o) -> int:
             docs = client.call("GET", "/stats")
             if o.containers:
                 docs = [d for d in docs if _stats_matches(d, o.containers)]
-                missing = [r for r in o.containers
-                           if not any(_stats_matches(d, [r]) for d in docs)]
-                if missing:
-                    raise ClientError(404, f"No such container: {missing[0]}")
+                # GET /stats lists running containers; one that is not
+                # running gets its row of zeros, an unknown one the 404.
+                docs += [client.call("GET", f"/containers/{ref}/stats", {"stream": 0})
+                         for ref in o.containers
+                         if not any(_stats_matches(d, [ref]) for d in docs)]
             if o.fmt:
                 for doc in docs:
+                    if o.fmt.strip() != "json":
+                        # Docker's template fields beside the API document's.
+                        row = _stats_row(doc, cpu_percent(doc), memory_used_bytes(doc))
+                        doc = {**doc, **dict(zip(_STATS_FIELDS, row))}
                     _echo(_render(o.fmt, doc))
             else:
                 if not o.no_stream:
@@ -1175,6 +1212,9 @@ def stats(client: Client, o) -> int:
 
 _STATS_TITLES = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %",
                  "NET I/O", "BLOCK I/O", "PIDS", "RESTARTS", "HEALTH"]
+# The names Docker's `stats --format` templates use for the same columns.
+_STATS_FIELDS = ["ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO",
+                 "PIDs", "Restarts", "Health"]
 
 
 def _stats_matches(doc: dict, refs) -> bool:

@@ -4,6 +4,7 @@ lifecycle commands (run, ps, stop, kill, restart, wait, rm)."""
 
 import json
 import secrets
+import signal
 import time
 from pathlib import Path
 
@@ -248,6 +249,30 @@ def test_run_streams_output_while_the_container_still_runs(daemon, name):
 
         assert lines.get(timeout=10) == "second\n"
         assert runner.wait(timeout=10) == 6
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 7), (signal.SIGINT, 130)])
+def test_a_signal_to_an_attached_run_goes_to_the_container(daemon, name, sig, code):
+    # As docker run does without a TTY: the container gets the signal, and
+    # the CLI shows what it does about it and exits with its exit code.
+    runner = daemon.cli_popen(
+        "run", "--rm", "--init", "--name", name, "busybox:test", "sh", "-c",
+        'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 1 & wait; done',
+    )
+    lines = line_queue(runner)
+    try:
+        assert lines.get(timeout=10) == "ready\n"
+
+        runner.send_signal(sig)
+
+        if sig == signal.SIGTERM:
+            assert lines.get(timeout=10) == "got TERM\n"
+        assert runner.wait(timeout=10) == code
+        assert daemon.request("GET", f"/containers/{name}/json").status == 404
     finally:
         if runner.poll() is None:
             runner.kill()
