@@ -42,7 +42,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class Daemon:
-    def __init__(self, root: Path, cgroup_parent: str | None = None):
+    def __init__(self, root: Path, cgroup_parent: str | None = None,
+                 default_metrics_addr: bool = False):
+        # Test daemons leave 127.0.0.1:9323 to the machine's own corrald,
+        # unless a test asks for the default or sets CORRAL_METRICS_ADDR.
+        self.default_metrics_addr = default_metrics_addr
         self.root = root
         self.socket = root / "corral.sock"
         self.cgroup_parent = cgroup_parent or f"corral-test-{secrets.token_hex(4)}"
@@ -51,12 +55,15 @@ class Daemon:
         self.client = Client(f"unix://{self.socket}")
 
     def start(self, timeout_s: float = 15) -> None:
+        env = dict(os.environ)
+        if not self.default_metrics_addr:
+            env.setdefault("CORRAL_METRICS_ADDR", "none")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(BIN_DIR / "corrald"), "--root", str(self.root / "state"),
                  "--socket", str(self.socket), "--cgroup-parent", self.cgroup_parent,
                  "--log-level", "debug"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

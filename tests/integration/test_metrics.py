@@ -347,7 +347,7 @@ def test_the_default_address_gives_way_when_taken_or_turned_off(tmp_path,
     for sub, setting in (("default", None), ("off", "none")):
         if setting is not None:
             monkeypatch.setenv("CORRAL_METRICS_ADDR", setting)
-        d = Daemon(tmp_path / sub)
+        d = Daemon(tmp_path / sub, default_metrics_addr=True)
         (tmp_path / sub).mkdir()
         try:
             d.start()
