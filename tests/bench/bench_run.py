@@ -864,9 +864,14 @@ class Docker(Engine):
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            ids = run_quiet([*self.base, "ps", "-aq"], self.env, check=False).split()
-            if ids:
-                run_quiet([*self.base, "rm", "-f", *ids], self.env, check=False)
+            # Removing hundreds of containers can outlast the CLI timeout;
+            # what is left is ended below, by its cgroup.
+            try:
+                ids = run_quiet([*self.base, "ps", "-aq"], self.env, check=False).split()
+                if ids:
+                    run_quiet([*self.base, "rm", "-f", *ids], self.env, check=False)
+            except subprocess.TimeoutExpired:
+                log("  docker rm -f timed out; ending its containers by their cgroup")
         stop_daemon(self.proc, "dockerd")
         end_processes(_mentioning(self.root) | cgroup_pids(self.cgroup_parent))
         unmount_under(self.root)
@@ -955,7 +960,10 @@ class Podman(Engine):
     def stop(self) -> None:
         if self.root is None:
             return
-        run_quiet([*self.base, "rm", "-f", "-a", "-t", "0"], check=False)
+        try:
+            run_quiet([*self.base, "rm", "-f", "-a", "-t", "0"], check=False)
+        except subprocess.TimeoutExpired:
+            log("  podman rm -f timed out; ending its containers by their cgroup")
         end_processes(_mentioning(self.root) | cgroup_pids(self.cgroup_parent))
         unmount_under(self.root)
         remove_cgroups(self.cgroup_parent)
