@@ -4,7 +4,7 @@
 Run as root from the repository:
 
     .venv/bin/python tests/bench/bench_supervision.py
-    .venv/bin/python tests/bench/bench_supervision.py --restarts 20 --stops 10 \\
+    .venv/bin/python tests/bench/bench_supervision.py --restarts 20 --stops 20 \\
         --engines corral,docker,podman --json /tmp/supervision.json
 
 It prints figures, and ratios against the peers measured in the same run. It
@@ -66,6 +66,9 @@ that process); engines' own reports (`inspect`, events, logs) are not used.
    as the `sleep` running at the CLI's start ends, the signal came before
    that end, otherwise after it; the spread phases make these bounds a
    bracket ~100 ms / N wide around each engine's CLI start -> signal time.
+   N defaults to 20: each sample's wait is one of N phases, so the median
+   moves in steps of ~100 ms / N as an engine's signal time crosses one
+   (with 10 samples, 10 ms steps).
    `ENGINE ps -q`, timed the same way, is printed as each engine's floor: a
    CLI call that does nothing but one round trip to the engine.
 
@@ -989,7 +992,7 @@ def parse_args(argv):
         "delay doubles each time (default 5: 100 ms to 1.6 s)",
     )
     parser.add_argument(
-        "--stops", type=int, default=10, help="stops per engine (default 10)"
+        "--stops", type=int, default=20, help="stops per engine (default 20)"
     )
     parser.add_argument(
         "--engines",
