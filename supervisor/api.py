@@ -791,6 +791,16 @@ def _check_container_filters(filters: dict) -> None:
             re.compile(pattern)
         except re.error as err:
             raise BadParameter(f"invalid name filter {pattern!r}: {err}") from None
+    for status in filters.get("status", []):
+        if status not in _STATUSES:
+            raise BadParameter(
+                f"invalid filter 'status={status}': a status is one of "
+                + ", ".join(_STATUSES)
+            )
+
+
+# Docker's container states, which the status filter accepts.
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 def _container_matches(container: Container, filters: dict, engine: Engine) -> bool:

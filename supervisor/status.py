@@ -44,7 +44,12 @@ def human_status(state: dict, now_s: float | None = None) -> str:
     if state.get("Restarting"):
         return f"Restarting ({state['ExitCode']}) {human_duration(_since(state['FinishedAt'], now_s))} ago"
     if status == "running":
-        return "Up " + human_duration(_since(state["StartedAt"], now_s))
+        up = "Up " + human_duration(_since(state["StartedAt"], now_s))
+        # As Docker shows it: "Up 5 minutes (healthy)", "(health: starting)".
+        health = (state.get("Health") or {}).get("Status")
+        if health == "starting":
+            return f"{up} (health: starting)"
+        return f"{up} ({health})" if health in ("healthy", "unhealthy") else up
     if status == "exited":
         ago = human_duration(_since(state["FinishedAt"], now_s))
         return f"Exited ({state['ExitCode']}) {ago} ago"

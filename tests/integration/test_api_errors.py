@@ -158,6 +158,7 @@ def test_run_with_an_invalid_name_exits_125(daemon):
         ('["name"]', "must be a JSON object"),
         ('{"colour": ["red"]}', "invalid filter 'colour'"),
         ('{"name": ["("]}', "invalid name filter"),
+        ('{"status": ["weird"]}', "invalid filter 'status=weird'"),
     ],
 )
 def test_listing_with_bad_filters_is_400(daemon, filters, message):

@@ -47,3 +47,8 @@ def test_status_column_reads_like_docker_ps():
     assert human_status(state, now_s=1704067200 + 120) == "Exited (3) 2 minutes ago"
     state.update(Status="running")
     assert human_status(state, now_s=1704067200 + 5) == "Up 5 seconds"
+    for health, shown in (("starting", "Up 5 seconds (health: starting)"),
+                          ("healthy", "Up 5 seconds (healthy)"),
+                          ("unhealthy", "Up 5 seconds (unhealthy)")):
+        state["Health"] = {"Status": health}
+        assert human_status(state, now_s=1704067200 + 5) == shown
