@@ -60,6 +60,7 @@ class Response:
         import httptools  # here, after the request went out: see the module's doc
 
         self._parser = httptools.HttpResponseParser(self)
+        self._parser_error = httptools.HttpParserError
         self._head_only = method == "HEAD"
         self._head_bytes = 0
         self._head_done = False
@@ -106,13 +107,11 @@ class Response:
     # ---- reading
 
     def _feed(self, data: bytes) -> None:
-        import httptools
-
         if not self._head_done:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as err:
+        except self._parser_error as err:
             # Bytes after a whole reply are not part of it; h11 and llhttp
             # alike see them as the start of a next reply, and it has none.
             if not self._done or self._fault:

@@ -131,17 +131,6 @@ def parse_line(line: bytes) -> LogEntry | None:
         return None
 
 
-def read_entries(path: Path, max_files: int, tail: int | None) -> list[LogEntry]:
-    """Every entry in the rotated files, oldest first, or the last `tail` ones."""
-    snapshot = LogSnapshot(path, max_files)
-    try:
-        if tail is not None:
-            return snapshot.tail(tail)
-        return [entry for batch in snapshot.batches() for entry in batch]
-    finally:
-        snapshot.close()
-
-
 class LogSnapshot:
     """A container's log files as they are at one moment, to be read in a
     worker thread while the container goes on writing.

@@ -38,6 +38,16 @@ def name(request) -> str:
     return unique_name(words[:40].strip("-_."))
 
 
+@pytest.fixture
+def case(daemon, name):
+    """A name prefix for the test's containers on the shared daemon; every
+    container whose name starts with it is removed afterwards."""
+    yield name
+    for container in daemon.api("GET", "/containers/json", all=1):
+        if container["Names"][0].lstrip("/").startswith(name):
+            daemon.api("DELETE", f"/containers/{container['Id']}", force=1)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

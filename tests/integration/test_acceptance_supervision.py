@@ -29,18 +29,6 @@ COUNTER_SH = "n=$(cat /n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /n; "
 # ---- helpers -------------------------------------------------------------------
 
 
-@pytest.fixture
-def case(daemon, name):
-    """A name prefix for the test's containers on the shared daemon; every
-    container whose name starts with it is removed afterwards."""
-    yield name
-    found = daemon.api(
-        "GET", "/containers/json", all=1, filters=json.dumps({"name": [f"^{name}"]})
-    )
-    for container in found:
-        daemon.api("DELETE", f"/containers/{container['Id']}", force=1)
-
-
 def state(d: Daemon, ref: str) -> dict:
     return d.inspect(ref)["State"]
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from daemon import Daemon, open_daemon, wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from exposition import parse
 
 from supervisor.logs import parse_time_ns
 
@@ -21,29 +21,10 @@ SLOW = float(os.environ.get("SLOW", "1"))
 BUSY = "yes > /dev/null"
 
 
-@pytest.fixture
-def case(daemon, name):
-    yield name
-    for container in daemon.api("GET", "/containers/json", all=1):
-        if container["Names"][0].lstrip("/").startswith(name):
-            daemon.api("DELETE", f"/containers/{container['Id']}", force=1)
-
-
 def scrape(d: Daemon) -> dict:
     reply = d.request("GET", "/metrics")
     assert reply.status == 200, reply.body[:500]
     return parse(reply.body.decode())
-
-
-def parse(text: str) -> dict:
-    """{(sample name, frozenset of labels): value}; fails on a duplicate."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in found, f"duplicate series {key}"
-            found[key] = sample.value
-    return found
 
 
 def of(series: dict, container: str) -> dict:

@@ -33,14 +33,6 @@ def has_cap_sys_resource() -> bool:
 EXPECTED_WINDOW_S = 1.0 if has_cap_sys_resource() else 2.0
 
 
-@pytest.fixture
-def case(daemon, name):
-    yield name
-    for container in daemon.api("GET", "/containers/json", all=1):
-        if container["Names"][0].lstrip("/").startswith(name):
-            daemon.api("DELETE", f"/containers/{container['Id']}", force=1)
-
-
 def state(d, ref: str) -> dict:
     return d.inspect(ref)["State"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from exposition import parse
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.collector import ContainerCollector, Target
 from metrics.exporter import Exporter
@@ -123,16 +123,6 @@ def scrape(*targets: Target, sys_root: Path = Path("/nonexistent")) -> dict:
     exporter = Exporter(lambda: list(targets), dict)
     exporter.containers = ContainerCollector(lambda: list(targets), sys_root)
     return parse(exporter.render_snapshot(exporter.snapshot()).decode())
-
-
-def parse(text: str) -> dict:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in found, f"duplicate series {key}"
-            found[key] = sample.value
-    return found
 
 
 def values(series: dict, sample: str, /, **labels) -> list[float]:

@@ -8,9 +8,19 @@ from supervisor.logs import (
     LogWriter,
     format_time_ns,
     parse_time_ns,
-    read_entries,
     rotated_path,
 )
+
+
+def read_entries(path, max_files: int, tail: int | None) -> list:
+    """Every entry of the rotated files, oldest first, or the last `tail`."""
+    snapshot = LogSnapshot(path, max_files)
+    try:
+        if tail is not None:
+            return snapshot.tail(tail)
+        return [entry for batch in snapshot.batches() for entry in batch]
+    finally:
+        snapshot.close()
 
 
 def test_time_round_trips_with_nanoseconds():
